@@ -1,0 +1,11 @@
+"""cmim_dense: binary ResNets, CMIM pretraining and dense-prediction transfer."""
+
+from cmim_dense import compat
+
+compat.apply()
+
+from cmim_dense import binary, engine  # noqa: E402  (after the shims)
+from cmim_dense.binary import list_binarizers  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["binary", "engine", "list_binarizers"]

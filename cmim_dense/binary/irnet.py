@@ -1,0 +1,51 @@
+"""IR-Net (Qin et al. 2020): Libra Parameter Binarization and the Error Decay Estimator."""
+
+import math
+
+import torch
+from torch import Tensor
+
+from cmim_dense.binary.base import Binarizer
+from cmim_dense.binary.functions import ede_sign
+from cmim_dense.binary.registry import BINARIZERS
+
+
+def ede_schedule(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> tuple[float, float]:
+    """EDE's (t, k) at ``progress = epoch / epochs``: t = Tmin 10^(p log10(Tmax/Tmin)), k = max(1/t, 1)."""
+    t = t_min * 10 ** (progress * math.log10(t_max / t_min))
+    return t, max(1.0 / t, 1.0)
+
+
+@BINARIZERS.register_module(name="irnet")
+class IRNetBinarizer(Binarizer):
+    """Libra-PB weights and EDE gradients for weights and activations.
+
+    Forward:
+        W_std = (W - mean) / std per output channel,
+        W_B = sign(W_std) * 2^round(log2(mean(|W_std|))),  a_B = sign(a).
+    Backward (both): g = k t (1 - tanh(t x)^2) with (t, k) from :func:`ede_schedule`,
+    updated every epoch by :class:`~cmim_dense.engine.BinarizerProgressHook`.
+    t and k are buffers, so a resumed run continues with the same schedule.
+    """
+
+    def __init__(self, *args, t_min: float = 0.1, t_max: float = 10.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.t_min, self.t_max = t_min, t_max
+        t, k = ede_schedule(0.0, t_min, t_max)
+        self.register_buffer("t", torch.tensor(t))
+        self.register_buffer("k", torch.tensor(k))
+
+    def set_progress(self, progress: float) -> None:
+        t, k = ede_schedule(progress, self.t_min, self.t_max)
+        self.t.fill_(t)
+        self.k.fill_(k)
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        return ede_sign(x, self.t, self.k)
+
+    def binarize_weight(self, w: Tensor) -> Tensor:
+        dims = tuple(range(1, w.dim()))
+        centred = w - w.mean(dim=dims, keepdim=True)
+        w_std = centred / centred.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        scale = torch.pow(2.0, torch.round(torch.log2(w_std.abs().mean(dim=dims, keepdim=True))))
+        return ede_sign(w_std, self.t, self.k) * scale.detach()

@@ -1,0 +1,30 @@
+"""The binarizer registry: one small class per method, built per binary conv layer."""
+
+from __future__ import annotations
+
+from mmengine.registry import Registry
+
+BINARIZERS = Registry("binarizer", locations=["cmim_dense.binary"])
+
+
+def build_binarizer(
+    cfg: str | dict, in_channels: int, out_channels: int, kernel_size: tuple[int, int]
+):
+    """Build the binarizer of one conv layer.
+
+    Args:
+        cfg: a registered name (``'irnet'``) or a dict ``dict(type='irnet', **kwargs)``.
+        in_channels, out_channels, kernel_size: the layer's shape; methods with
+            per-channel parameters size them from it.
+    """
+    cfg = dict(type=cfg) if isinstance(cfg, str) else dict(cfg)
+    name = cfg.get("type")
+    if name not in BINARIZERS.module_dict:
+        raise KeyError(f"unknown binarizer {name!r}; registered: {', '.join(list_binarizers())}")
+    cfg.update(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size)
+    return BINARIZERS.build(cfg)
+
+
+def list_binarizers() -> list[str]:
+    """Names of all registered binarizers, sorted."""
+    return sorted(BINARIZERS.module_dict)

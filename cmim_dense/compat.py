@@ -1,0 +1,87 @@
+"""The two shims that make the pinned OpenMMLab stack run on torch 2.14 (DESIGN.md traps 1, 2).
+
+1. ``mmcv-lite`` ships ``mmcv.ops`` without its compiled ``mmcv._ext``, and mmseg imports
+   ``mmcv.ops`` at import time. When ``mmcv._ext`` is missing we register a stub module whose
+   functions raise a clear error *when called*, so everything that does not need a compiled
+   op (ASPP, CE, the whole of this project) works.
+2. torch >= 2.6 loads checkpoints with ``weights_only=True``. mmengine's resume state holds a
+   few plain-data classes (``HistoryBuffer``, numpy arrays and dtypes); we allow-list exactly
+   those, so a checkpoint still can never run code.
+
+:func:`apply` is idempotent and runs when ``cmim_dense`` is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+_applied = False
+
+
+class MissingCompiledOpError(RuntimeError):
+    """A compiled mmcv op was called while only mmcv-lite is installed."""
+
+
+def _missing_op(name: str):
+    def _raise(*args, **kwargs):
+        raise MissingCompiledOpError(
+            f"mmcv op '{name}' needs the compiled mmcv extension (mmcv._ext), but only "
+            "mmcv-lite is installed. Install the full mmcv 2.1 to use it."
+        )
+
+    _raise.__name__ = name
+    return _raise
+
+
+def _stub_getattr(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _missing_op(name)
+
+
+def install_mmcv_ext_stub() -> bool:
+    """Register a stub ``mmcv._ext`` if the compiled one is absent. Returns True if installed."""
+    if "mmcv._ext" in sys.modules:
+        return False
+    try:
+        importlib.import_module("mmcv._ext")
+        return False
+    except ImportError:
+        pass
+    stub = types.ModuleType("mmcv._ext")
+    stub.__doc__ = "Stub installed by cmim_dense.compat: mmcv-lite has no compiled ops."
+    stub.__getattr__ = _stub_getattr  # PEP 562: every op name resolves to a raising function
+    sys.modules["mmcv._ext"] = stub
+    return True
+
+
+def checkpoint_safe_globals() -> list:
+    """The plain-data classes that an mmengine resume checkpoint contains, and nothing else."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    dtype_classes = [type(np.dtype(t)) for t in np.sctypeDict.values()]
+    return [HistoryBuffer, _reconstruct, np.ndarray, np.dtype, *dict.fromkeys(dtype_classes)]
+
+
+def allow_checkpoint_globals() -> None:
+    """Allow-list :func:`checkpoint_safe_globals` for ``torch.load(weights_only=True)``."""
+    import torch
+
+    torch.serialization.add_safe_globals(checkpoint_safe_globals())
+
+
+def apply() -> None:
+    """Apply both shims once."""
+    global _applied
+    if _applied:
+        return
+    install_mmcv_ext_stub()
+    allow_checkpoint_globals()
+    _applied = True

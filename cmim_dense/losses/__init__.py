@@ -1,0 +1,1 @@
+"""Losses: CMIM and distillation."""

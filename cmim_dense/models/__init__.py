@@ -1,0 +1,1 @@
+"""Models: binary ResNet backbones, the pretraining classifier, the dense multi-task model."""
