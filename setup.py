@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -34,7 +35,7 @@ setup(
     name="cmim_dense",
     version="0.1.0",
     description="Binary neural networks with CMIM pretraining, transferred to dense prediction",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["cmim_dense", "cmim_dense.*"]),

@@ -11,7 +11,10 @@ from cmim_dense.binary.registry import BINARIZERS
 
 
 def ede_schedule(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> tuple[float, float]:
-    """EDE's (t, k) at ``progress = epoch / epochs``: t = Tmin 10^(p log10(Tmax/Tmin)), k = max(1/t, 1)."""
+    """EDE's (t, k) at ``progress = epoch / epochs``.
+
+    t = Tmin * 10^(progress * log10(Tmax / Tmin)), k = max(1 / t, 1).
+    """
     t = t_min * 10 ** (progress * math.log10(t_max / t_min))
     return t, max(1.0 / t, 1.0)
 
