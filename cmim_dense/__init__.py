@@ -4,8 +4,8 @@ from cmim_dense import compat
 
 compat.apply()
 
-from cmim_dense import binary, engine  # noqa: E402  (after the shims)
+from cmim_dense import binary, engine, models  # noqa: E402  (after the shims)
 from cmim_dense.binary import list_binarizers  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["binary", "engine", "list_binarizers"]
+__all__ = ["binary", "engine", "list_binarizers", "models"]

@@ -1,0 +1,173 @@
+"""Binary ResNet backbone: shapes, registries, frozen mode, pretrained loading."""
+
+import pytest
+import timm
+import torch
+from mmseg.registry import MODELS
+from torch import nn
+
+import cmim_dense  # noqa: F401  (registers the backbone)
+from cmim_dense.binary import BinaryConv2d
+from cmim_dense.models import BinaryResNet, CheckpointMismatchError
+
+# Expected (channels, spatial size) of the four stages for a 64x64 input.
+EXPECTED = {
+    32: [(64, 16), (128, 8), (256, 4), (512, 2)],
+    16: [(64, 16), (128, 8), (256, 4), (512, 4)],
+    8: [(64, 16), (128, 8), (256, 8), (512, 8)],
+}
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_output_shapes(depth, output_stride):
+    model = BinaryResNet(depth=depth, output_stride=output_stride).eval()
+    outs = model(torch.randn(2, 3, 64, 64))
+    assert [(o.shape[1], o.shape[2]) for o in outs] == EXPECTED[output_stride]
+    assert all(o.shape[2] == o.shape[3] and o.shape[0] == 2 for o in outs)
+    assert model.channels == (64, 128, 256, 512)
+
+
+@pytest.mark.parametrize("depth,num_binary", [(18, 16), (34, 32)])
+def test_block_counts(depth, num_binary):
+    model = BinaryResNet(depth=depth)
+    assert len(model.binary_convs()) == num_binary
+    assert len(model.tap_layers("stage")) == 4
+    assert model.tap_layers("all") == model.binary_convs()
+
+
+def test_dilation_contracted_in_first_block():
+    model = BinaryResNet(output_stride=8)
+    last_stage = [m for m in model.stages[3].modules() if isinstance(m, BinaryConv2d)]
+    assert [m.dilation[0] for m in last_stage] == [2, 4, 4, 4]
+    assert all(m.stride == (1, 1) for m in last_stage)
+    uncontracted = BinaryResNet(output_stride=8, contract_dilation=False)
+    first = next(m for m in uncontracted.stages[3].modules() if isinstance(m, BinaryConv2d))
+    assert first.dilation == (4, 4)
+
+
+def test_out_indices_and_stems():
+    model = BinaryResNet(out_indices=(1, 3), stem="cifar", base_channels=16)
+    outs = model(torch.randn(1, 3, 32, 32))
+    assert [tuple(o.shape) for o in outs] == [(1, 32, 16, 16), (1, 128, 4, 4)]
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="depth"):
+        BinaryResNet(depth=50)
+    with pytest.raises(ValueError, match="output_stride"):
+        BinaryResNet(output_stride=4)
+    with pytest.raises(KeyError, match="unknown binarizer 'nope'"):
+        BinaryResNet(binarizer="nope")
+
+
+def test_react_block_has_rprelu():
+    model = BinaryResNet(block="react", binarizer="react", base_channels=8).eval()
+    names = {type(m).__name__ for m in model.modules()}
+    assert "RPReLU" in names
+    assert model(torch.randn(1, 3, 32, 32))[-1].shape == (1, 64, 1, 1)
+
+
+def test_built_from_mmseg_config_dict():
+    cfg = dict(type="BinaryResNet", depth=18, binarizer="bireal", output_stride=16)
+    model = MODELS.build(cfg)
+    assert isinstance(model, BinaryResNet)
+    assert model.binary_convs()[0].binarizer.__class__.__name__ == "BiRealBinarizer"
+
+
+def test_built_through_timm():
+    model = timm.create_model("bin_resnet18", binarizer="irnet", num_classes=1000)
+    assert isinstance(model, BinaryResNet)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    assert model.get_classifier().out_features == 1000
+    model34 = timm.create_model("bin_resnet34", num_classes=10, base_channels=8).eval()
+    assert model34(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    with pytest.raises(ValueError, match="no pretrained"):
+        timm.create_model("bin_resnet18", pretrained=True)
+
+
+def _frozen_setup():
+    torch.manual_seed(0)
+    backbone = BinaryResNet(base_channels=8, frozen=True, out_indices=(3,))
+    head = nn.Conv2d(64, 3, 1)
+    return backbone, head
+
+
+def test_frozen_backbone_gets_no_gradient_and_keeps_bn_stats():
+    backbone, head = _frozen_setup()
+    backbone.train()
+    head.train()
+    assert not backbone.training
+    assert not any(p.requires_grad for p in backbone.parameters())
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.1)
+    head_before = head.weight.detach().clone()
+    feats = backbone(torch.randn(4, 3, 64, 64))
+    assert not feats[0].requires_grad  # the forward kept no graph
+    loss = head(feats[0]).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert all(p.grad is None for p in backbone.parameters())
+    after = backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats included
+    assert not torch.equal(head.weight, head_before)
+
+
+def test_train_does_not_unfreeze_after_init_weights():
+    backbone, _ = _frozen_setup()
+    backbone.init_weights()
+    backbone.train(True)
+    assert not backbone.training
+    assert all(not m.training for m in backbone.modules())
+    assert not any(p.requires_grad for p in backbone.parameters())
+
+
+def _save_classifier_checkpoint(path, backbone: nn.Module, extra: dict | None = None):
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state["head.fc.weight"] = torch.zeros(3, 64)
+    state.update(extra or {})
+    torch.save({"state_dict": state, "meta": {"epoch": 1}}, path)
+
+
+def test_pretrained_loads_with_prefix(tmp_path):
+    torch.manual_seed(1)
+    source = BinaryResNet(base_channels=8)
+    for m in source.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_()
+    ckpt = tmp_path / "pretrain.pth"
+    _save_classifier_checkpoint(ckpt, source)
+    target = BinaryResNet(
+        base_channels=8,
+        frozen=True,
+        init_cfg=dict(type="Pretrained", checkpoint=str(ckpt), prefix="backbone."),
+    )
+    target.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    assert not any(p.requires_grad for p in target.parameters())
+
+
+def test_pretrained_mismatch_raises_clear_error(tmp_path):
+    ckpt = tmp_path / "wrong.pth"
+    _save_classifier_checkpoint(ckpt, BinaryResNet(base_channels=16))
+    target = BinaryResNet(
+        base_channels=8, init_cfg=dict(type="Pretrained", checkpoint=str(ckpt), prefix="backbone.")
+    )
+    with pytest.raises(CheckpointMismatchError, match="wrong shape"):
+        target.init_weights()
+
+    ckpt34 = tmp_path / "r34.pth"
+    _save_classifier_checkpoint(ckpt34, BinaryResNet(depth=34, base_channels=8))
+    with pytest.raises(CheckpointMismatchError, match="unexpected"):
+        BinaryResNet(base_channels=8).load_pretrained(str(ckpt34))
+
+    partial = tmp_path / "partial.pth"
+    state = {f"backbone.{k}": v for k, v in BinaryResNet(base_channels=8).state_dict().items()}
+    state.pop("backbone.stem.0.weight")
+    torch.save({"state_dict": state}, partial)
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing key\(s\) \[stem.0.weight\]"):
+        BinaryResNet(base_channels=8).load_pretrained(str(partial))
+
+    with pytest.raises(CheckpointMismatchError, match="no weights under prefix"):
+        BinaryResNet(base_channels=8).load_pretrained(str(partial), prefix="encoder.")
