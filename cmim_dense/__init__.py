@@ -4,8 +4,16 @@ from cmim_dense import compat
 
 compat.apply()
 
-from cmim_dense import binary, engine, models  # noqa: E402  (after the shims)
+from cmim_dense import binary, datasets, engine, evaluation, losses, models  # noqa: E402
 from cmim_dense.binary import list_binarizers  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["binary", "engine", "list_binarizers", "models"]
+__all__ = [
+    "binary",
+    "datasets",
+    "engine",
+    "evaluation",
+    "list_binarizers",
+    "losses",
+    "models",
+]

@@ -21,8 +21,9 @@ def build_binarizer(
     name = cfg.get("type")
     if name not in BINARIZERS.module_dict:
         raise KeyError(f"unknown binarizer {name!r}; registered: {', '.join(list_binarizers())}")
-    cfg.update(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size)
-    return BINARIZERS.build(cfg)
+    # Instantiated directly: the registry is project-local, so building through it under
+    # another default scope (mmseg) would only add a scope-switch warning.
+    return BINARIZERS.module_dict[cfg.pop("type")](in_channels, out_channels, kernel_size, **cfg)
 
 
 def list_binarizers() -> list[str]:

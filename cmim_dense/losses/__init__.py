@@ -1,1 +1,3 @@
 """Losses: CMIM and distillation."""
+
+from cmim_dense.losses.depth import MaskedL1Loss  # noqa: F401

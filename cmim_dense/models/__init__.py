@@ -1,5 +1,17 @@
 """Models: binary ResNet backbones, the pretraining classifier, the dense multi-task model."""
 
 from cmim_dense.models.backbones import BinaryResNet, CheckpointMismatchError
+from cmim_dense.models.classifier import BinaryImageClassifier
+from cmim_dense.models.data_preprocessor import DenseDataPreProcessor
+from cmim_dense.models.dense import MultiTaskDense
+from cmim_dense.models.heads import DepthASPPHead, DepthDepthwiseSeparableASPPHead
 
-__all__ = ["BinaryResNet", "CheckpointMismatchError"]
+__all__ = [
+    "BinaryImageClassifier",
+    "BinaryResNet",
+    "CheckpointMismatchError",
+    "DenseDataPreProcessor",
+    "DepthASPPHead",
+    "DepthDepthwiseSeparableASPPHead",
+    "MultiTaskDense",
+]

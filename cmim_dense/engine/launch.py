@@ -1,0 +1,96 @@
+"""Config loading and Runner start-up shared by ``tools/train.py`` and ``tools/test.py``."""
+
+from __future__ import annotations
+
+import os.path as osp
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+
+def load_config(
+    config: str,
+    cfg_options: dict | None = None,
+    work_dir: str | None = None,
+    launcher: str = "none",
+) -> Config:
+    """Read ``config``, apply ``--cfg-options`` and choose the work dir.
+
+    The work dir is, by priority: ``work_dir``, the config's ``work_dir``,
+    ``work_dirs/<config name>``.
+    """
+    if not osp.isfile(config):
+        raise FileNotFoundError(f"config file not found: {config}")
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("work_dirs", Path(config).stem)
+    return cfg
+
+
+def enable_amp(cfg: Config, amp: str) -> None:
+    """Switch the optimizer wrapper to mixed precision.
+
+    ``amp``: ``'auto'`` (on when CUDA is available), ``'on'`` or ``'off'``.
+    """
+    if amp not in ("auto", "on", "off"):
+        raise ValueError(f"amp must be auto, on or off, got {amp!r}")
+    use = amp == "on" or (amp == "auto" and torch.cuda.is_available())
+    if not use:
+        return
+    wrapper = cfg.optim_wrapper
+    if wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
+        return
+    if wrapper.get("type", "OptimWrapper") != "OptimWrapper":
+        raise ValueError(f"AMP needs an OptimWrapper, the config has {wrapper.type}")
+    wrapper.type = "AmpOptimWrapper"
+    wrapper.setdefault("loss_scale", "dynamic")
+
+
+def train(
+    config: str,
+    work_dir: str | None = None,
+    resume: str | None = None,
+    amp: str = "auto",
+    cfg_options: dict | None = None,
+    launcher: str = "none",
+) -> Runner:
+    """Train any config of the project; returns the finished Runner.
+
+    ``resume``: None (start anew), ``'auto'`` (the latest checkpoint in the work dir)
+    or a checkpoint path.
+    """
+    cfg = load_config(config, cfg_options, work_dir, launcher)
+    enable_amp(cfg, amp)
+    if resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume:
+        cfg.resume = True
+        cfg.load_from = resume
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def test(
+    config: str,
+    checkpoint: str,
+    work_dir: str | None = None,
+    cfg_options: dict | None = None,
+    launcher: str = "none",
+) -> tuple[Runner, dict]:
+    """Evaluate ``checkpoint`` on the config's test set; returns (runner, metrics)."""
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    cfg = load_config(config, cfg_options, work_dir, launcher)
+    cfg.load_from = checkpoint
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    return runner, metrics

@@ -1,0 +1,149 @@
+"""The pretraining classifier: binary ResNet + global pooling + real FC, CE + lambda * CMIM."""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.runner.checkpoint import _load_checkpoint
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+
+from cmim_dense.binary import ActivationTaps
+
+
+class LinearClsHead(nn.Module):
+    """Global average pooling and a real-valued FC: (N, C, h, w) -> logits (N, num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def build_teacher(arch: str, checkpoint: str, num_classes: int, prefix: str = "") -> nn.Module:
+    """A frozen real-valued timm network with weights from ``checkpoint`` (never executes code).
+
+    Args:
+        arch: timm architecture name, e.g. ``'resnet18'``.
+        checkpoint: a local file (state dict, optionally under ``state_dict``).
+        prefix: keep only keys under this prefix, with it removed.
+    """
+    teacher = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    ckpt = _load_checkpoint(checkpoint, map_location="cpu")
+    state = ckpt.get("state_dict", ckpt)
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    teacher.load_state_dict(state, strict=True)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+@MODELS.register_module()
+class BinaryImageClassifier(BaseModel):
+    """Image classifier for BNN pretraining with CMIM, in one forward pass.
+
+    loss = CE(logits, label) + lambda * CMIM(taps) [+ distill_weight * KL(teacher || student)]
+
+    The CMIM pairs (a_F, a_B) are read by activation taps during the *same* backbone
+    forward that produces the logits; with ``cmim_lambda == 0`` no tap is attached and
+    the model is exactly the plain classifier.
+
+    Args:
+        backbone: config of a :class:`~cmim_dense.models.BinaryResNet` (its ``num_classes``
+            and ``out_indices`` are set here).
+        num_classes: number of classes.
+        cmim_lambda: lambda of Eq. 14.
+        cmim: config of :class:`~cmim_dense.losses.CMIMLoss` (``in_dims`` is filled in).
+        tap_mode: ``'stage'`` (one tap per stage, default) or ``'all'`` binary convs.
+        tap_pool: spatial size the taps average-pool to (None: no pooling).
+        teacher: optional ``dict(arch=..., checkpoint=..., prefix='')`` of a real-valued
+            timm network for logit distillation (ReActNet / S2-BNN recipe).
+        distill: config of the distillation loss; ``loss_weight`` in it scales it.
+        data_preprocessor: mmengine data preprocessor config.
+
+    Batches are dicts ``inputs`` (N, 3, H, W) float, ``label`` (N,) long,
+    ``index`` (N,) long (dataset indices, for the CMIM bank).
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        num_classes: int,
+        cmim_lambda: float = 0.0,
+        cmim: dict | None = None,
+        tap_mode: str = "stage",
+        tap_pool: int | None = 4,
+        teacher: dict | None = None,
+        distill: dict | None = None,
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | None = None,
+    ):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.backbone = MODELS.build(dict(backbone, num_classes=0, out_indices=(3,)))
+        self.head = LinearClsHead(self.backbone.channels[-1], num_classes)
+        self.num_classes = num_classes
+        self.cmim_lambda = float(cmim_lambda)
+        self.cmim = None
+        self.taps = None
+        if self.cmim_lambda > 0:
+            if not tap_pool:
+                raise ValueError("CMIM needs tap_pool (a fixed tap size) to size its critics")
+            layers = self.backbone.tap_layers(tap_mode)
+            self.taps = ActivationTaps(layers, pool_size=tap_pool)
+            in_dims = [m.in_channels * tap_pool**2 for m in layers]
+            self.cmim = MODELS.build(dict(dict(type="CMIMLoss"), **(cmim or {}), in_dims=in_dims))
+        self.teacher = build_teacher(num_classes=num_classes, **teacher) if teacher else None
+        self.distill = MODELS.build(distill or dict(type="DistributionLoss")) if teacher else None
+
+    def train(self, mode: bool = True) -> BinaryImageClassifier:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def extract_logits(self, inputs: Tensor) -> Tensor:
+        """(N, 3, H, W) -> logits (N, num_classes)."""
+        return self.head(self.backbone(inputs)[-1])
+
+    def forward(
+        self,
+        inputs: Tensor,
+        label: Tensor | None = None,
+        index: Tensor | None = None,
+        mode: str = "tensor",
+    ):
+        if mode == "loss":
+            return self.loss(inputs, label, index)
+        logits = self.extract_logits(inputs)
+        if mode == "tensor":
+            return logits
+        if mode == "predict":
+            labels = label if label is not None else [None] * len(logits)
+            return [dict(pred_logits=lg, gt_label=lb) for lg, lb in zip(logits, labels)]
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def loss(self, inputs: Tensor, label: Tensor | None, index: Tensor | None) -> dict[str, Tensor]:
+        """The loss terms of one step; one backbone forward."""
+        if self.taps is None:
+            logits = self.extract_logits(inputs)
+            pairs = None
+        else:
+            with self.taps:
+                logits = self.extract_logits(inputs)
+                pairs = self.taps.pop()
+        losses = {}
+        if label is not None:
+            losses["loss_cls"] = F.cross_entropy(logits, label)
+        if pairs is not None:
+            losses["loss_cmim"] = self.cmim_lambda * self.cmim(pairs, index)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(inputs)
+            losses["loss_distill"] = self.distill(logits, teacher_logits)
+        if not losses:
+            raise ValueError("no loss to compute: the batch has no labels and there is no teacher")
+        return losses

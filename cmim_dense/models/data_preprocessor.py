@@ -1,0 +1,40 @@
+"""Data preprocessor for joint segmentation + depth batches."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from mmengine.structures import PixelData
+from mmseg.models.data_preprocessor import SegDataPreProcessor
+from mmseg.registry import MODELS
+
+
+@MODELS.register_module()
+class DenseDataPreProcessor(SegDataPreProcessor):
+    """mmseg's SegDataPreProcessor, but depth maps are padded with 0 (invalid), not 255.
+
+    mmseg's ``stack_batch`` pads ``gt_depth_map`` with ``seg_pad_val`` (255), which would
+    read as 255 m of valid depth (DESIGN.md trap 6). We take the depth maps out, let mmseg
+    stack and pad everything else, then pad depth with ``depth_pad_val`` by the same
+    ``padding_size`` (left, right, top, bottom) that mmseg records. At test time ground
+    truth is not padded, as in mmseg.
+    """
+
+    def __init__(self, depth_pad_val: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.depth_pad_val = depth_pad_val
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        samples = data.get("data_samples") or []
+        depths = [s.gt_depth_map.data if "gt_depth_map" in s else None for s in samples]
+        for sample, depth in zip(samples, depths):
+            if depth is not None:
+                del sample.gt_depth_map
+        data = super().forward(data, training)
+        for sample, depth in zip(data.get("data_samples") or [], depths):
+            if depth is None:
+                continue
+            if training:  # at test time mmseg leaves ground truth at full resolution
+                left, right, top, bottom = sample.metainfo.get("padding_size", (0, 0, 0, 0))
+                depth = F.pad(depth, (left, right, top, bottom), value=self.depth_pad_val)
+            sample.gt_depth_map = PixelData(data=depth.to(data["inputs"].device))
+        return data

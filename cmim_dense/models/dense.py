@@ -1,0 +1,99 @@
+"""Multi-task dense model: one frozen binary backbone, a segmentation and a depth head."""
+
+from __future__ import annotations
+
+from mmseg.models.segmentors import BaseSegmentor, DepthEstimator
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from torch import Tensor
+
+
+@MODELS.register_module()
+class MultiTaskDense(BaseSegmentor):
+    """Frozen backbone + DeepLab heads for semantic segmentation and/or depth.
+
+    The backbone runs once per batch (under ``no_grad`` when frozen) and every head reads
+    the same features. Either head may be omitted, which gives the single-task models.
+
+    Args:
+        backbone: backbone config; ``frozen`` is set from ``freeze_backbone``.
+        seg_head: config of an mmseg decode head (e.g. ``ASPPHead``), or None.
+        depth_head: config of a depth head (e.g. ``DepthASPPHead``), or None.
+        freeze_backbone: keep the backbone fixed (the paper's transfer protocol).
+        data_preprocessor: typically ``DenseDataPreProcessor``.
+
+    Inputs (N, 3, H, W); ``predict`` fills each data sample's ``pred_sem_seg`` (1, H0, W0)
+    class ids and ``pred_depth_map`` (1, H0, W0) metres at the original image size.
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        seg_head: dict | None = None,
+        depth_head: dict | None = None,
+        freeze_backbone: bool = True,
+        train_cfg: dict | None = None,
+        test_cfg: dict | None = None,
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | None = None,
+    ):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if seg_head is None and depth_head is None:
+            raise ValueError("MultiTaskDense needs a seg_head, a depth_head, or both")
+        self.backbone = MODELS.build(dict(backbone, frozen=freeze_backbone))
+        self.seg_head = MODELS.build(seg_head) if seg_head is not None else None
+        self.depth_head = MODELS.build(depth_head) if depth_head is not None else None
+        self.align_corners = (self.seg_head or self.depth_head).align_corners
+        self.train_cfg = train_cfg
+        self.test_cfg = test_cfg
+
+    @property
+    def heads(self) -> dict:
+        """The present heads by task name."""
+        return {
+            name: head
+            for name, head in (("seg", self.seg_head), ("depth", self.depth_head))
+            if head is not None
+        }
+
+    def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
+        """(N, 3, H, W) -> the backbone's multi-level features."""
+        return self.backbone(inputs)
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: list[dict]) -> Tensor:
+        """Segmentation logits (N, num_classes, H, W), or depth when there is no seg head."""
+        feats = self.extract_feat(inputs)
+        head = self.seg_head or self.depth_head
+        return head.predict(feats, batch_img_metas, self.test_cfg)
+
+    def loss(self, inputs: Tensor, data_samples: list[SegDataSample]) -> dict[str, Tensor]:
+        feats = self.extract_feat(inputs)
+        losses = {}
+        for name, head in self.heads.items():
+            for key, value in head.loss(feats, data_samples, self.train_cfg).items():
+                losses[f"{name}.{key}"] = value
+        return losses
+
+    def predict(
+        self, inputs: Tensor, data_samples: list[SegDataSample] | None = None
+    ) -> list[SegDataSample]:
+        if data_samples is None:
+            size = tuple(inputs.shape[2:])
+            meta = dict(ori_shape=size, img_shape=size, pad_shape=size, padding_size=[0] * 4)
+            data_samples = [SegDataSample(metainfo=meta) for _ in range(inputs.shape[0])]
+        metas = [s.metainfo for s in data_samples]
+        feats = self.extract_feat(inputs)
+        if self.seg_head is not None:
+            seg_logits = self.seg_head.predict(feats, metas, self.test_cfg)
+            data_samples = self.postprocess_result(seg_logits, data_samples)
+        if self.depth_head is not None:
+            depth = self.depth_head.predict(feats, metas, self.test_cfg)
+            # mmseg's depth post-processing (un-pad, un-flip, resize to the original
+            # shape) only reads ``align_corners``, which this model has too.
+            data_samples = DepthEstimator.postprocess_result(self, depth, data_samples)
+        return data_samples
+
+    def _forward(self, inputs: Tensor, data_samples: list | None = None) -> dict[str, Tensor]:
+        """Raw head outputs at feature resolution, by task name."""
+        feats = self.extract_feat(inputs)
+        return {name: head.forward(feats) for name, head in self.heads.items()}

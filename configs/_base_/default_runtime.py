@@ -1,0 +1,16 @@
+# Runtime shared by every config: registries, hooks, logging, seeding.
+default_scope = "mmseg"
+custom_imports = dict(imports=["cmim_dense"], allow_failed_imports=False)
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="nccl"),
+)
+log_processor = dict(by_epoch=True, window_size=20)
+log_level = "INFO"
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)
+custom_hooks = [dict(type="BinarizerProgressHook", interval=100)]
+vis_backends = [dict(type="LocalVisBackend")]
+visualizer = dict(type="Visualizer", vis_backends=vis_backends, name="visualizer")

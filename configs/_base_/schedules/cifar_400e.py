@@ -1,0 +1,16 @@
+# CMIM paper, CIFAR: 400 epochs, batch 256, SGD momentum 0.9, wd 1e-4, lr 0.1, cosine.
+optim_wrapper = dict(
+    type="OptimWrapper", optimizer=dict(type="SGD", lr=0.1, momentum=0.9, weight_decay=1e-4)
+)
+param_scheduler = [dict(type="CosineAnnealingLR", T_max=400, by_epoch=True, eta_min=0)]
+train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=400, val_interval=10)
+val_cfg = dict(type="ValLoop")
+test_cfg = dict(type="TestLoop")
+default_hooks = dict(
+    timer=dict(type="IterTimerHook"),
+    logger=dict(type="LoggerHook", interval=50),
+    param_scheduler=dict(type="ParamSchedulerHook"),
+    checkpoint=dict(type="CheckpointHook", interval=10, max_keep_ckpts=3, save_best="top1"),
+    sampler_seed=dict(type="DistSamplerSeedHook"),
+)
+auto_scale_lr = dict(enable=False, base_batch_size=256)

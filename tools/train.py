@@ -1,0 +1,44 @@
+"""Train any config of the project (pretraining or dense transfer).
+
+python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp auto|on|off]
+                             [--cfg-options key=value ...] [--launcher none|pytorch|slurm]
+"""
+
+import argparse
+import sys
+
+from mmengine.config import DictAction
+
+import cmim_dense  # noqa: F401  (shims and registries)
+from cmim_dense.engine.launch import train
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="config file path")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="resume from CKPT, or from the latest checkpoint of the work dir if no CKPT",
+    )
+    parser.add_argument("--amp", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args.config, args.work_dir, args.resume, args.amp, args.cfg_options, args.launcher)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
