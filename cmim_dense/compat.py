@@ -5,8 +5,10 @@
    functions raise a clear error *when called*, so everything that does not need a compiled
    op (ASPP, CE, the whole of this project) works.
 2. torch >= 2.6 loads checkpoints with ``weights_only=True``. mmengine's resume state holds a
-   few plain-data classes (``HistoryBuffer``, numpy arrays and dtypes); we allow-list exactly
-   those, so a checkpoint still can never run code.
+   few plain-data classes (``HistoryBuffer``, numpy arrays, scalars and dtypes); we allow-list
+   exactly those, so a checkpoint still can never run code. ``HistoryBuffer`` also pickles its
+   statistics functions, reached through ``builtins.getattr``, which must stay refused; we save
+   it without them (its ``__setstate__`` registers the defaults again).
 
 :func:`apply` is idempotent and runs when ``cmim_dense`` is imported.
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 
@@ -53,6 +56,9 @@ def install_mmcv_ext_stub() -> bool:
     stub = types.ModuleType("mmcv._ext")
     stub.__doc__ = "Stub installed by cmim_dense.compat: mmcv-lite has no compiled ops."
     stub.__getattr__ = _stub_getattr  # PEP 562: every op name resolves to a raising function
+    # A spec without a loader keeps pkgutil.find_loader('mmcv._ext') answering None, so
+    # mmengine's mmcv_full_available() (called by every Runner) still says False.
+    stub.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", loader=None)
     sys.modules["mmcv._ext"] = stub
     return True
 
@@ -63,11 +69,35 @@ def checkpoint_safe_globals() -> list:
     from mmengine.logging.history_buffer import HistoryBuffer
 
     try:
-        from numpy._core.multiarray import _reconstruct
+        from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct, scalar
     dtype_classes = [type(np.dtype(t)) for t in np.sctypeDict.values()]
-    return [HistoryBuffer, _reconstruct, np.ndarray, np.dtype, *dict.fromkeys(dtype_classes)]
+    return [
+        HistoryBuffer,
+        _reconstruct,
+        scalar,
+        np.ndarray,
+        np.dtype,
+        *dict.fromkeys(dtype_classes),
+    ]
+
+
+def _history_buffer_state(self) -> dict:
+    return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
+
+
+def save_history_buffer_as_data() -> None:
+    """Make ``HistoryBuffer`` pickle as plain data, without its statistics functions.
+
+    mmengine's ``__getstate__`` stores them, and protocol-2 pickles reach a method through
+    ``builtins.getattr``, which a ``weights_only`` load refuses (rightly: getattr on an allowed
+    object can reach any code). Its ``__setstate__`` registers the default methods again, and
+    custom ones register on the class when their module is imported.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    HistoryBuffer.__getstate__ = _history_buffer_state
 
 
 def allow_checkpoint_globals() -> None:
@@ -84,4 +114,5 @@ def apply() -> None:
         return
     install_mmcv_ext_stub()
     allow_checkpoint_globals()
+    save_history_buffer_as_data()
     _applied = True
