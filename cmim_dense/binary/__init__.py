@@ -1,6 +1,17 @@
 """Binarizers (one registry, one small class each), BinaryConv2d and activation taps."""
 
-from cmim_dense.binary import bireal, irnet, react, ste, xnor  # noqa: F401  (registration)
+from cmim_dense.binary import (  # noqa: F401  (registration)
+    adabin,
+    bireal,
+    irnet,
+    lns,
+    rbnn,
+    react,
+    sdbnn,
+    ste,
+    threshold_shift,
+    xnor,
+)
 from cmim_dense.binary.base import Binarizer
 from cmim_dense.binary.conv import BinaryConv2d
 from cmim_dense.binary.functions import approx_sign, ede_sign, hard_sign, sign_ste

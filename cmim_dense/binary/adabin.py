@@ -1,0 +1,85 @@
+"""AdaBin (Tu et al. ECCV 2022): adaptive binary sets {beta - alpha, beta + alpha} per layer.
+
+:class:`Maxout`, the method's nonlinearity, goes after each residual add of the backbone block
+(where Bi-Real has none and ReActNet has RPReLU), as in the public AdaBin ResNet-18.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmim_dense.binary.base import Binarizer
+from cmim_dense.binary.functions import ede_sign, sign_ste
+from cmim_dense.binary.irnet import ede_schedule
+from cmim_dense.binary.registry import BINARIZERS
+
+
+@BINARIZERS.register_module(name="adabin")
+class AdaBinBinarizer(Binarizer):
+    """Binary sets centred at beta with half-width alpha, for weights and activations.
+
+    Weights, per output channel (n = C_in * kh * kw):
+        beta_w = mean(W),  alpha_w = ||W - beta_w||_2 / sqrt(n)   (the paper's equalisation),
+        W_B = alpha_w * sign((W - beta_w) / alpha_w) + beta_w,
+        in {beta_w - alpha_w, beta_w + alpha_w}.
+        The sign uses IR-Net's EDE gradient with the (t, k) schedule (Tmin 0.1, Tmax 10) of the
+        public AdaBin code; alpha_w and beta_w pass their gradients too.
+    Activations, one learnable scalar pair per layer (paper init alpha_a = 1, beta_a = 0):
+        a_B = alpha_a * sign(u) + beta_a,  u = (a - beta_a) / alpha_a,
+        in {beta_a - alpha_a, beta_a + alpha_a}. The sign has the clipped STE 1[|u| <= 1], so
+        da_B/da = 1[|u| <= 1], da_B/dbeta_a = 1[|u| > 1], da_B/dalpha_a = sign(u) - u 1[|u| <= 1]
+        (the public code uses ApproxSign on u instead of the clipped STE).
+
+    Args:
+        t_min, t_max: EDE schedule range for the weight sign.
+    """
+
+    def __init__(self, *args, t_min: float = 0.1, t_max: float = 10.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.t_min, self.t_max = t_min, t_max
+        t, k = ede_schedule(0.0, t_min, t_max)
+        self.register_buffer("t", torch.tensor(t))
+        self.register_buffer("k", torch.tensor(k))
+        self.alpha_a = nn.Parameter(torch.tensor(1.0))
+        self.beta_a = nn.Parameter(torch.tensor(0.0))
+
+    def set_progress(self, progress: float) -> None:
+        t, k = ede_schedule(progress, self.t_min, self.t_max)
+        self.t.fill_(t)
+        self.k.fill_(k)
+
+    @staticmethod
+    def weight_set(w: Tensor) -> tuple[Tensor, Tensor]:
+        """(beta_w, alpha_w), each (C_out, 1, 1, 1), of a (C_out, C_in, kh, kw) weight."""
+        dims = tuple(range(1, w.dim()))
+        beta = w.mean(dim=dims, keepdim=True)
+        alpha = (w - beta).pow(2).mean(dim=dims, keepdim=True).sqrt()
+        return beta, alpha.clamp_min(1e-8)
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        u = (x - self.beta_a) / self.alpha_a
+        return self.alpha_a * sign_ste(u) + self.beta_a
+
+    def binarize_weight(self, w: Tensor) -> Tensor:
+        beta, alpha = self.weight_set(w)
+        return alpha * ede_sign((w - beta) / alpha, self.t, self.k) + beta
+
+
+class Maxout(nn.Module):
+    """AdaBin's nonlinearity: gamma_pos * ReLU(x) - gamma_neg * ReLU(-x), per channel.
+
+    Args:
+        channels: C of the (N, C, H, W) input.
+        pos_init, neg_init: initial slopes of the positive and negative parts (paper: 1, 0.25).
+    """
+
+    def __init__(self, channels: int, pos_init: float = 1.0, neg_init: float = 0.25):
+        super().__init__()
+        self.pos_scale = nn.Parameter(torch.full((channels,), pos_init))
+        self.neg_scale = nn.Parameter(torch.full((channels,), neg_init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return self.pos_scale.view(shape) * F.relu(x) - self.neg_scale.view(shape) * F.relu(-x)

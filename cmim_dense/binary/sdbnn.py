@@ -1,0 +1,32 @@
+"""SD-BNN (Xue et al. 2022): learnable self-distribution shifts before sign, no scales."""
+
+import torch
+from torch import Tensor, nn
+
+from cmim_dense.binary.base import Binarizer
+from cmim_dense.binary.functions import approx_sign, sign_ste
+from cmim_dense.binary.registry import BINARIZERS
+
+
+@BINARIZERS.register_module(name="sdbnn")
+class SDBNNBinarizer(Binarizer):
+    """a_B = sign(a + act_shift), W_B = sign(W + weight_shift); outputs exactly {-1, +1}.
+
+    Activation Self Distribution: ``act_shift`` (1, C_in, 1, 1), one shift per input channel.
+    Weight Self Distribution: ``weight_shift`` (C_out, 1, 1, 1), one shift per output channel.
+    Both start at 0 (plain BNN) and are learned by gradient. A positive shift moves more
+    entries to +1. Backward: ApproxSign (Bi-Real, max(0, 2 - 2|x|)) for activations, the
+    usual choice of the ReActNet-style baselines SD-BNN builds on; the clipped STE
+    1[|x| <= 1] for weights. No scaling factors, as in the paper.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act_shift = nn.Parameter(torch.zeros(1, self.in_channels, 1, 1))
+        self.weight_shift = nn.Parameter(torch.zeros(self.out_channels, 1, 1, 1))
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        return approx_sign(x + self.act_shift)
+
+    def binarize_weight(self, w: Tensor) -> Tensor:
+        return sign_ste(w + self.weight_shift)

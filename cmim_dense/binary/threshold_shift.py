@@ -1,0 +1,56 @@
+"""Unbalanced activations (Kim et al. CVPR 2021): a shifted sign threshold on a base method."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cmim_dense.binary.base import Binarizer
+from cmim_dense.binary.registry import BINARIZERS, build_binarizer
+
+
+@BINARIZERS.register_module(name="threshold_shift")
+class ThresholdShiftBinarizer(Binarizer):
+    """a_B = base_sign(a - theta); weights exactly as the base method binarizes them.
+
+    The base binarizer (``'xnor'``, ``'bireal'``, ``'ste'``, ... or a config dict) supplies the
+    weight rule and the activation backward rule, evaluated at a - theta. Since sign(0) = +1,
+    a = theta maps to +1 and anything below theta to -1.
+
+    Args:
+        base: the base method, a registered name or config dict.
+        theta: the threshold. The paper studies fixed shifts of the threshold and reports no
+            single default, so 0.0 (no shift) is the default and the value belongs in the
+            config; a positive theta makes -1 the majority, a negative one +1.
+        learnable: learn one theta per input channel, (1, C_in, 1, 1), initialised to
+            ``theta``. The paper finds the BN bias before the sign can absorb a learnable
+            threshold, so the default is a fixed one.
+    """
+
+    def __init__(
+        self,
+        *args,
+        base: str | dict = "xnor",
+        theta: float = 0.0,
+        learnable: bool = False,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        base_name = base if isinstance(base, str) else dict(base).get("type")
+        if base_name == "threshold_shift":
+            raise ValueError("threshold_shift cannot use itself as its base binarizer")
+        self.base = build_binarizer(base, self.in_channels, self.out_channels, self.kernel_size)
+        value = torch.full((1, self.in_channels, 1, 1), float(theta))
+        if learnable:
+            self.theta = nn.Parameter(value)
+        else:
+            self.register_buffer("theta", value)
+
+    def set_progress(self, progress: float) -> None:
+        self.base.set_progress(progress)
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        return self.base.binarize_activation(x - self.theta)
+
+    def binarize_weight(self, w: Tensor) -> Tensor:
+        return self.base.binarize_weight(w)
