@@ -1,0 +1,283 @@
+"""Gather evaluated runs into a table, the paper's Fig. 5 and a qualitative grid.
+
+Each run directory holds a ``metrics.json`` written by ``tools/test.py`` through
+:func:`write_run_metrics`, and optionally ``predictions/*.npz`` written with
+:func:`cmim_dense.evaluation.visualize.save_predictions_npz`.
+
+``metrics.json`` format (strict JSON; NaN/inf written as ``null``)::
+
+    {
+      "name": "cmim_react_r18",            # run name: table row and Fig. 5 label
+      "config": "configs/nyud_....py",     # test config path
+      "checkpoint": "work_dirs/.../x.pth", # evaluated checkpoint
+      "meta": {
+        "binarizer": "react",              # cmim_dense binarizer name
+        "cmim_lambda": 0.2,                # weight of the CMIM loss in pretraining (0 = none)
+        "pretrain_top1": 65.1,             # pretraining top-1 in %, or null
+        "pretrain_top5": 86.0              # pretraining top-5 in %, or null
+      },
+      "metrics": {                         # DenseMetric output; a single-task run has
+        "mIoU": 30.2, "mAcc": 41.0, "aAcc": 61.5, "IoU.wall": 62.0, ...,   # only one part
+        "rmse": 0.71, "neg_log_rmse": 0.342, "abs_rel": 0.21, "delta1": 66.0, ...
+      }
+    }
+
+Segmentation values are in %, ``rmse`` in metres, ``neg_log_rmse = -ln(rmse)`` (see
+:mod:`cmim_dense.evaluation.dense_metric`). Extra keys are kept and ignored by the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from cmim_dense.evaluation.io import save_figure_atomic, write_json_atomic, write_text_atomic
+from cmim_dense.evaluation.visualize import (
+    PANEL_TITLES,
+    load_predictions_npz,
+    qualitative_figure,
+    sample_panel,
+)
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_DIR = "predictions"
+META_KEYS = ("binarizer", "cmim_lambda", "pretrain_top1", "pretrain_top5")
+
+# (row key, markdown header, format) of the report table, in column order.
+COLUMNS = (
+    ("name", "run", "{}"),
+    ("binarizer", "binarizer", "{}"),
+    ("cmim_lambda", "CMIM lambda", "{:g}"),
+    ("pretrain_top1", "pretrain top-1 (%)", "{:.2f}"),
+    ("mIoU", "mIoU (%)", "{:.2f}"),
+    ("aAcc", "aAcc (%)", "{:.2f}"),
+    ("rmse", "RMSE (m)", "{:.4f}"),
+    ("neg_log_rmse", "-log RMSE", "{:.4f}"),
+    ("abs_rel", "abs rel", "{:.4f}"),
+    ("delta1", "delta1 (%)", "{:.2f}"),
+)
+MISSING = "-"
+
+# Fig. 5 dot areas (points^2): data range of top-1 maps linearly onto this range.
+SIZE_RANGE = (60.0, 600.0)
+DEFAULT_SIZE = 150.0
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be reported (no or malformed ``metrics.json``)."""
+
+
+def write_run_metrics(
+    run_dir: str | os.PathLike,
+    name: str,
+    config: str,
+    checkpoint: str,
+    meta: dict[str, Any],
+    metrics: dict[str, float],
+) -> Path:
+    """Write ``run_dir/metrics.json`` atomically in the format of the module docstring.
+
+    Missing ``meta`` keys of :data:`META_KEYS` are written as null; extra keys are kept.
+    """
+    full_meta = {k: meta.get(k) for k in META_KEYS}
+    full_meta.update(meta)
+    record = {
+        "name": name,
+        "config": str(config),
+        "checkpoint": str(checkpoint),
+        "meta": full_meta,
+        "metrics": dict(metrics),
+    }
+    return write_json_atomic(Path(run_dir) / METRICS_FILE, record)
+
+
+def read_run_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``run_dir/metrics.json``; raises :class:`RunDirError` (one line)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {METRICS_FILE} (evaluate the run with tools/test.py)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+        raise RunDirError(f"{path}: no 'metrics' object")
+    record.setdefault("name", Path(run_dir).resolve().name)
+    meta = record.get("meta") or {}
+    record["meta"] = {**{k: None for k in META_KEYS}, **meta}
+    return record
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def report_row(record: dict[str, Any], run_dir: str | os.PathLike | None = None) -> dict:
+    """One table row (keys of :data:`COLUMNS`, plus ``run_dir``) from a metrics.json record."""
+    meta, metrics = record["meta"], record["metrics"]
+    row: dict[str, Any] = {
+        "name": record["name"],
+        "binarizer": meta.get("binarizer"),
+        "cmim_lambda": _number(meta.get("cmim_lambda")),
+        "pretrain_top1": _number(meta.get("pretrain_top1")),
+    }
+    row.update({key: _number(metrics.get(key)) for key, _, _ in COLUMNS[4:]})
+    if row["neg_log_rmse"] is None and row["rmse"] is not None and row["rmse"] > 0:
+        row["neg_log_rmse"] = -math.log(row["rmse"])  # same definition as DenseMetric
+    if run_dir is not None:
+        row["run_dir"] = str(run_dir)
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a markdown table (missing values as ``-``)."""
+
+    def cell(row: dict, key: str, fmt: str) -> str:
+        value = row.get(key)
+        return MISSING if value is None else fmt.format(value).replace("|", r"\|")
+
+    lines = [
+        "| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _dot_sizes(top1: list[float | None]) -> tuple[list[float], list[float]]:
+    """Dot areas for each run and the top-1 values to show in the size legend."""
+    known = [t for t in top1 if t is not None]
+    if not known:
+        return [DEFAULT_SIZE] * len(top1), []
+    lo, hi = min(known), max(known)
+    small, big = SIZE_RANGE
+
+    def area(t: float) -> float:
+        return (small + big) / 2 if hi == lo else small + (t - lo) / (hi - lo) * (big - small)
+
+    legend = sorted({lo, (lo + hi) / 2, hi})
+    return [DEFAULT_SIZE if t is None else area(t) for t in top1], [(t, area(t)) for t in legend]
+
+
+def fig5_figure(rows: list[dict]) -> Figure:
+    """The CMIM paper's Fig. 5: x = -log RMSE, y = mIoU, dot area = pretraining top-1."""
+    fig = Figure(figsize=(7.5, 5.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    on_plot = [r["mIoU"] is not None and r["neg_log_rmse"] is not None for r in rows]
+    plotted = [r for r, ok in zip(rows, on_plot) if ok]
+    skipped = [r["name"] for r, ok in zip(rows, on_plot) if not ok]
+    sizes, legend_sizes = _dot_sizes([r["pretrain_top1"] for r in plotted])
+    colours = matplotlib.colormaps["tab10"].colors
+    for i, (row, size) in enumerate(zip(plotted, sizes)):
+        colour = colours[i % len(colours)]
+        known = row["pretrain_top1"] is not None
+        ax.scatter(
+            row["neg_log_rmse"],
+            row["mIoU"],
+            s=size,
+            facecolors=colour if known else "none",
+            edgecolors=colour,
+            linewidths=1.5,
+            alpha=0.8,
+        )
+        ax.annotate(
+            row["name"],
+            (row["neg_log_rmse"], row["mIoU"]),
+            xytext=(8, 6),
+            textcoords="offset points",
+            fontsize=9,
+        )
+    handles = [
+        Line2D([], [], ls="", marker="o", color="grey", markersize=math.sqrt(s), label=f"{t:.1f}%")
+        for t, s in legend_sizes
+    ]
+    if handles:
+        ax.legend(
+            handles=handles,
+            title="pretraining top-1",
+            loc="best",
+            labelspacing=1.5,
+            borderpad=1.0,
+            frameon=True,
+        )
+    notes = []
+    if any(r["pretrain_top1"] is None for r in plotted):
+        notes.append(f"hollow dot: pretraining top-1 unknown (default size {DEFAULT_SIZE:g})")
+    if skipped:
+        notes.append("not plotted (no mIoU or no RMSE): " + ", ".join(skipped))
+    if notes:
+        fig.text(0.01, 0.01, "\n".join(notes), fontsize=8, va="bottom")
+    if plotted:
+        ax.margins(0.2)
+    ax.set_xlabel("-log RMSE  (-ln of RMSE in metres; higher is better)")
+    ax.set_ylabel("mIoU (%)  (higher is better)")
+    ax.set_title("NYUD-v2: segmentation vs depth (dot size = pretraining top-1)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout(rect=(0, 0.04 * len(notes), 1, 1))
+    return fig
+
+
+def find_predictions(run_dirs: list[str | os.PathLike]) -> tuple[Path, list[Path]] | None:
+    """The first run dir with ``predictions/*.npz`` and its sorted npz files, or None."""
+    for run_dir in run_dirs:
+        files = sorted((Path(run_dir) / PREDICTIONS_DIR).glob("*.npz"))
+        if files:
+            return Path(run_dir), files
+    return None
+
+
+def qualitative_panels(files: list[Path]) -> tuple[list[np.ndarray], list[str]]:
+    """Panels (H, 5W, 3) uint8 and names of the saved predictions in ``files``."""
+    panels, names = [], []
+    for path in files:
+        arrays = load_predictions_npz(path)
+        panels.append(
+            sample_panel(
+                arrays["rgb"],
+                arrays["gt_seg"],
+                arrays["pred_seg"],
+                arrays["gt_depth"],
+                arrays["pred_depth"],
+            )
+        )
+        names.append(arrays["name"])
+    return panels, names
+
+
+def build_report(
+    run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, num_images: int = 4
+) -> dict[str, Path]:
+    """Write ``report.md``, ``report.json``, ``fig5.png`` and (if any run saved predictions)
+    ``qualitative.png`` to ``out_dir``; returns {file name: path}.
+
+    All run dirs are read before anything is written, so a bad one leaves ``out_dir``
+    untouched (:class:`RunDirError`).
+    """
+    records = [(read_run_metrics(d), d) for d in run_dirs]
+    rows = [report_row(rec, d) for rec, d in records]
+    out = Path(out_dir)
+    written = {
+        "report.md": write_text_atomic(
+            out / "report.md", "# NYUD-v2 transfer report\n\n" + markdown_table(rows)
+        ),
+        "report.json": write_json_atomic(out / "report.json", rows),
+        "fig5.png": save_figure_atomic(fig5_figure(rows), out / "fig5.png", dpi=120),
+    }
+    found = find_predictions(run_dirs)
+    if found is not None and num_images > 0:
+        run_dir, files = found
+        panels, names = qualitative_panels(files[:num_images])
+        name = next(r["name"] for r in rows if Path(r["run_dir"]) == run_dir)
+        fig = qualitative_figure(panels, PANEL_TITLES, names, title=f"{name}: test images")
+        written["qualitative.png"] = save_figure_atomic(fig, out / "qualitative.png", dpi=100)
+    return written

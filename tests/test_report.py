@@ -1,0 +1,162 @@
+"""tools/report.py on fake run dirs, metrics.json I/O and the atomic writers."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmim_dense.evaluation.io import write_bytes_atomic, write_json_atomic
+from cmim_dense.evaluation.report import (
+    DEFAULT_SIZE,
+    SIZE_RANGE,
+    RunDirError,
+    _dot_sizes,
+    read_run_metrics,
+    write_run_metrics,
+)
+from cmim_dense.evaluation.visualize import save_predictions_npz
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "report.py"
+
+RUNS = {
+    "cmim_react": (
+        {"binarizer": "react", "cmim_lambda": 0.2, "pretrain_top1": 65.5, "pretrain_top5": 86.1},
+        {"mIoU": 31.25, "aAcc": 60.5, "IoU.wall": 62.0, "rmse": 0.75, "abs_rel": 0.21,
+         "delta1": 64.0, "neg_log_rmse": -math.log(0.75)},
+    ),
+    "react": (
+        {"binarizer": "react", "cmim_lambda": 0.0, "pretrain_top1": None},
+        {"mIoU": 28.5, "aAcc": 58.0, "rmse": 0.8, "abs_rel": 0.24, "delta1": 60.0},
+    ),
+}  # fmt: skip
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("report_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_dirs(tmp_path) -> list[Path]:
+    dirs = []
+    for name, (meta, metrics) in RUNS.items():
+        run_dir = tmp_path / "work_dirs" / name
+        write_run_metrics(run_dir, name, f"configs/{name}.py", "iter_100.pth", meta, metrics)
+        dirs.append(run_dir)
+    # Predictions only in the second run: the qualitative grid must come from it.
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        depth = rng.uniform(0.5, 9, (8, 12)).astype(np.float32)
+        save_predictions_npz(
+            dirs[1] / "predictions" / f"img_{i}.npz",
+            rng.integers(0, 256, (8, 12, 3), dtype=np.uint8),
+            rng.integers(0, 40, (8, 12)),
+            rng.integers(0, 40, (8, 12)),
+            depth,
+            depth + 0.1,
+            f"img_{i}",
+        )
+    return dirs
+
+
+def _markdown_rows(text: str) -> dict[str, dict[str, str]]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    return {r[0]: dict(zip(header, r)) for r in rows}
+
+
+def test_report_tool_writes_all_files(run_dirs, tmp_path):
+    out = tmp_path / "report"
+    assert _load_tool().main([*map(str, run_dirs), "--out", str(out), "--num-images", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fig5.png",
+        "qualitative.png",
+        "report.json",
+        "report.md",
+    ]
+
+    table = _markdown_rows((out / "report.md").read_text())
+    assert set(table) == set(RUNS)
+    cmim = table["cmim_react"]
+    assert cmim["mIoU (%)"] == "31.25"
+    assert cmim["RMSE (m)"] == "0.7500"
+    assert cmim["-log RMSE"] == f"{-math.log(0.75):.4f}" == "0.2877"
+    assert cmim["pretrain top-1 (%)"] == "65.50"
+    assert cmim["CMIM lambda"] == "0.2"
+    assert table["react"]["pretrain top-1 (%)"] == "-"
+    assert table["react"]["delta1 (%)"] == "60.00"
+
+    rows = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in rows] == list(RUNS)
+    assert rows[0]["mIoU"] == 31.25 and rows[1]["rmse"] == 0.8
+    assert rows[0]["neg_log_rmse"] == pytest.approx(-math.log(0.75))
+    assert rows[1]["pretrain_top1"] is None
+    assert rows[1]["neg_log_rmse"] == pytest.approx(-math.log(0.8))  # derived from rmse
+
+    with Image.open(out / "fig5.png") as im:
+        assert im.format == "PNG" and im.size == (900, 660)  # 7.5 x 5.5 in at 120 dpi
+    with Image.open(out / "qualitative.png") as im:
+        # 5 tiles of 2.4 in at 100 dpi; 2 rows of 2.4 * 8/12 in, plus 0.4 in for titles.
+        assert im.size[0] == pytest.approx(1200, abs=1)
+        assert im.size[1] == pytest.approx(100 * (2 * 2.4 * 8 / 12 + 0.4), abs=1)
+
+
+def test_report_tool_missing_metrics_exits_2(run_dirs, tmp_path):
+    empty = tmp_path / "work_dirs" / "not_evaluated"
+    empty.mkdir()
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), str(run_dirs[0]), str(empty), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    err_lines = proc.stderr.strip().splitlines()
+    assert len(err_lines) == 1 and "not_evaluated" in err_lines[0]
+    assert "metrics.json" in err_lines[0]
+    assert not out.exists()  # nothing written when a run dir is bad
+
+
+def test_metrics_json_roundtrip_and_errors(tmp_path):
+    meta = {"binarizer": "xnor", "cmim_lambda": 0.5}
+    path = write_run_metrics(tmp_path, "r", "c.py", "k.pth", meta, {"mIoU": 1.0, "IoU.x": math.nan})
+    record = read_run_metrics(tmp_path)
+    assert record["name"] == "r" and record["config"] == "c.py"
+    assert record["meta"] == {**meta, "pretrain_top1": None, "pretrain_top5": None}
+    assert record["metrics"] == {"mIoU": 1.0, "IoU.x": None}
+    path.write_text("{not json")
+    with pytest.raises(RunDirError, match="not valid JSON"):
+        read_run_metrics(tmp_path)
+    with pytest.raises(RunDirError, match=r"no metrics\.json"):
+        read_run_metrics(tmp_path / "missing")
+
+
+def test_write_json_atomic_replaces_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text("old")
+    write_json_atomic(path, {"a": np.float32(0.5), "b": np.arange(2), "c": float("inf")})
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": [0, 1], "c": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    with pytest.raises(TypeError):  # fails inside the temp file: it must be removed
+        write_bytes_atomic(path, "not bytes")
+    assert json.loads(path.read_text())["a"] == 0.5  # the failed write kept the old file
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_fig5_dot_sizes_follow_top1():
+    sizes, legend = _dot_sizes([50.0, None, 70.0, 60.0])
+    small, big = SIZE_RANGE
+    assert sizes == [small, DEFAULT_SIZE, big, (small + big) / 2]
+    assert legend == [(50.0, small), (60.0, (small + big) / 2), (70.0, big)]
+    assert _dot_sizes([None, None]) == ([DEFAULT_SIZE] * 2, [])

@@ -1,0 +1,39 @@
+"""Report evaluated runs: report.md, report.json, fig5.png and qualitative.png.
+
+    python tools/report.py RUN_DIR [RUN_DIR ...] --out DIR [--num-images K]
+
+Each RUN_DIR needs the metrics.json written by tools/test.py; qualitative.png is drawn from
+the first RUN_DIR that has predictions/*.npz.
+"""
+
+import argparse
+import sys
+
+import cmim_dense  # noqa: F401  (shims)
+from cmim_dense.evaluation.report import RunDirError, build_report
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run dirs")
+    parser.add_argument("--out", required=True, help="output directory of the report")
+    parser.add_argument(
+        "--num-images", type=int, default=4, help="test images in qualitative.png (default 4)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        written = build_report(args.run_dirs, args.out, args.num_images)
+    except RunDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
