@@ -38,3 +38,38 @@ class BinarizerProgressHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if isinstance(runner.train_loop, IterBasedTrainLoop) and runner.iter % self.interval == 0:
             self._set(runner, runner.iter / max(runner.max_iters, 1))
+
+
+@HOOKS.register_module()
+class NumClassesCheckHook(Hook):
+    """Fails early, with a clear message, when a head's ``num_classes`` is not the dataset's.
+
+    Without it a mismatch shows up only as an index error deep inside the loss (or, on
+    GPU, a device-side assert).
+    """
+
+    priority = "VERY_HIGH"
+
+    @staticmethod
+    def _check(runner, dataset) -> None:
+        classes = (getattr(dataset, "metainfo", None) or {}).get("classes")
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        head = getattr(model, "seg_head", None) or getattr(model, "head", None)
+        num_classes = getattr(head, "num_classes", None)
+        if classes is None or num_classes is None:
+            return
+        if len(classes) != num_classes:
+            raise ValueError(
+                f"config mismatch: the model's head has num_classes={num_classes} but the "
+                f"dataset {type(dataset).__name__} has {len(classes)} classes; set "
+                f"num_classes={len(classes)} in the head's config"
+            )
+
+    def before_train(self, runner) -> None:
+        self._check(runner, runner.train_loop.dataloader.dataset)
+
+    def before_val(self, runner) -> None:
+        self._check(runner, runner.val_loop.dataloader.dataset)
+
+    def before_test(self, runner) -> None:
+        self._check(runner, runner.test_loop.dataloader.dataset)

@@ -11,6 +11,9 @@ log_level = "INFO"
 load_from = None
 resume = False
 randomness = dict(seed=0, deterministic=False)
-custom_hooks = [dict(type="BinarizerProgressHook", interval=100)]
+custom_hooks = [
+    dict(type="BinarizerProgressHook", interval=100),
+    dict(type="NumClassesCheckHook"),
+]
 vis_backends = [dict(type="LocalVisBackend")]
 visualizer = dict(type="Visualizer", vis_backends=vis_backends, name="visualizer")

@@ -8,9 +8,11 @@ mmseg's MODELS (for dense configs) and in timm (``timm.create_model('bin_resnet1
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import MODELS
@@ -125,6 +127,9 @@ class BinaryResNet(BaseModule):
             ``train()`` does not undo it.
         num_classes: if > 0, adds global pooling and a real-valued FC and ``forward``
             returns logits (N, num_classes) (timm convention).
+        pretrained: checkpoint path whose ``backbone.*`` keys are loaded by
+            ``init_weights`` (shorthand for the ``init_cfg`` below, and settable with
+            ``--cfg-options model.backbone.pretrained=PATH``).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')`` loads
             a checkpoint strictly: missing or unexpected keys raise
             :class:`CheckpointMismatchError`.
@@ -147,8 +152,13 @@ class BinaryResNet(BaseModule):
         contract_dilation: bool = True,
         frozen: bool = False,
         num_classes: int = 0,
+        pretrained: str | None = None,
         init_cfg: dict | None = None,
     ):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError("give either pretrained or init_cfg, not both")
+            init_cfg = dict(type="Pretrained", checkpoint=pretrained, prefix="backbone.")
         super().__init__(init_cfg=init_cfg)
         if depth not in ARCH_SETTINGS:
             raise ValueError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
@@ -228,6 +238,13 @@ class BinaryResNet(BaseModule):
             self.load_pretrained(cfg["checkpoint"], cfg.get("prefix"))
             self._is_init = True
         else:
+            if self.frozen:
+                print_log(
+                    "BinaryResNet is frozen but has no pretrained weights: its features are "
+                    "random. Set model.backbone.pretrained=PATH for a real transfer.",
+                    logger="current",
+                    level=logging.WARNING,
+                )
             super().init_weights()
         if self.frozen:
             self._freeze()
