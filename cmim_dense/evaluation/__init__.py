@@ -1,5 +1,14 @@
 """Metrics and report building."""
 
-from cmim_dense.evaluation.dense_metric import DenseMetric  # noqa: F401  (re-export)
-from cmim_dense.evaluation.io import write_json_atomic  # noqa: F401  (re-export)
-from cmim_dense.evaluation.report import read_run_metrics, write_run_metrics  # noqa: F401
+from cmim_dense.evaluation.classification import TopKAccuracy
+from cmim_dense.evaluation.dense_metric import DenseMetric
+from cmim_dense.evaluation.io import write_json_atomic
+from cmim_dense.evaluation.report import read_run_metrics, write_run_metrics
+
+__all__ = [
+    "DenseMetric",
+    "TopKAccuracy",
+    "read_run_metrics",
+    "write_json_atomic",
+    "write_run_metrics",
+]

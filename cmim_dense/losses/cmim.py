@@ -1,0 +1,387 @@
+"""CMIM: contrastive mutual-information maximisation between binary and real activations.
+
+Paper Sec. 3.2 (Eq. 5-14). For every tapped layer k a batch gives A_F (N, D) and A_B (N, D)
+from one forward pass; (a_B^i, a_F^j) is a positive pair when i == j, a negative otherwise.
+With score s_ij the critic is (Eq. 10)
+
+    h = exp(s) / (exp(s) + N/M),    N = negatives per anchor,  M = number of data,
+
+the layer objective (Eq. 13, maximised) is
+
+    L_NCE = E_pos[log h] + N * E_neg[log(1 - h)]
+          = mean_i ( log h(s_ii) + sum_{j negative for i} log(1 - h(s_ij)) ),
+
+and :class:`CMIMLoss` returns -sum_k L_NCE^k / beta^(K-1-k) (Eq. 14, k = 0..K-1 shallow to
+deep) for minimisation. Everything is evaluated in log space,
+log h = s - logaddexp(s, log(N/M)) and log(1 - h) = log(N/M) - logaddexp(s, log(N/M)),
+so it stays finite for any activation scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+
+from cmim_dense.losses.dist_utils import all_reduce_mean, batch_sizes, gather_cat, rank_offset
+
+CRITICS = ("flip", "embed")
+BANKS = ("queue", "momentum")
+
+
+class NCEResult(NamedTuple):
+    """Output of :func:`nce_objective`.
+
+    objective: scalar L_NCE of Eq. 13 (to maximise).
+    log_h_pos: (n,) log h of every positive pair.
+    num_negatives: (n,) number of negatives of every anchor (float).
+    """
+
+    objective: Tensor
+    log_h_pos: Tensor
+    num_negatives: Tensor
+
+
+def layer_weights(num_layers: int, beta: float) -> list[float]:
+    """Eq. 14 weights 1 / beta^(K-1-k), k = 0..K-1 shallow to deep (the deepest weighs 1)."""
+    return [beta ** -(num_layers - 1 - k) for k in range(num_layers)]
+
+
+def flip_scores(a_bin: Tensor, a_real: Tensor, tau: float) -> Tensor:
+    """Parameter-free critic scores of Eq. 12: s_ij = <a_B^i, a_F^j> / (tau * D).
+
+    Dividing by D keeps exp(s) in range at any width; at full resolution a_B = sign(a_F), so
+    the positive score is ||a_F^i||_1 / (tau * D).
+
+    Args:
+        a_bin: (n, D) binary anchors a_B.
+        a_real: (m, D) real candidates a_F.
+
+    Returns:
+        (n, m) scores.
+    """
+    return a_bin @ a_real.T / (tau * a_bin.shape[1])
+
+
+def nce_objective(
+    pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None, num_data: int | None = None
+) -> NCEResult:
+    """L_NCE of Eq. 13 from critic scores, in log space.
+
+    Args:
+        pos: (n,) scores of the positive pairs.
+        neg: (n, c) scores of candidate negatives.
+        neg_mask: (n, c) bool, True where the candidate is a negative of that anchor
+            (None: all are).
+        num_data: M of Eq. 10; None uses the number of candidates per anchor (N + 1).
+
+    Returns:
+        :class:`NCEResult`; N of Eq. 10/13 is each anchor's own negative count.
+    """
+    if neg_mask is None:
+        num_neg = torch.full_like(pos, neg.shape[1])
+    else:
+        num_neg = neg_mask.sum(1).to(pos.dtype)
+    num_cand = num_neg + 1 if num_data is None else torch.full_like(pos, num_data)
+    log_ratio = (num_neg.log() - num_cand.log()).unsqueeze(1)  # log(N/M), (n, 1)
+    log_h_pos = pos - torch.logaddexp(pos, log_ratio.squeeze(1))
+    log_one_minus_h = log_ratio - torch.logaddexp(neg, log_ratio)
+    if neg_mask is not None:
+        log_one_minus_h = log_one_minus_h.masked_fill(~neg_mask, 0.0)
+    objective = log_h_pos.mean() + log_one_minus_h.sum(1).mean()
+    return NCEResult(objective, log_h_pos, num_neg)
+
+
+def mi_lower_bound(log_h_pos: Tensor, num_negatives: Tensor | float) -> Tensor:
+    """Eq. 9 estimate I(a_B; a_F) >= E_pos[log h] + log(N - 1), in nats.
+
+    N - 1 of Eq. 9 is the number of negatives per anchor (N there is the batch size), so pass
+    that count (a scalar or one per anchor, as :class:`NCEResult` gives it).
+    """
+    num_negatives = torch.as_tensor(num_negatives, dtype=log_h_pos.dtype, device=log_h_pos.device)
+    return (log_h_pos + num_negatives.log()).mean()
+
+
+def _full(x: Tensor) -> Tensor:
+    """Half-precision input as float32; float32/float64 unchanged (gradcheck runs in double)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class _Projection(nn.Sequential):
+    """Linear-ReLU-Linear then L2 normalisation: (n, in_dim) -> (n, embed_dim) unit rows."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, embed_dim: int):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, embed_dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(super().forward(x), dim=1)
+
+
+@MODELS.register_module()
+class CMIMLoss(nn.Module):
+    """Layer-wise CMIM contrastive loss (Eq. 14 without lambda; to minimise).
+
+    Critics:
+        ``'flip'``: the paper's parameter-free critic, s_ij = <a_B^i, a_F^j> / (tau * D)
+            (Eq. 12; the tap's a_B is the anchor, sign(a_F) at full resolution).
+        ``'embed'``: the "additional MLP module" / CRD-style critic of the public code:
+            s_ij = <g_B(a_B^i), g_F(a_F^j)> / tau with per-layer Linear-ReLU-Linear
+            projections to ``embed_dim`` and L2 normalisation.
+
+    Negatives: every other sample of the (all-rank) batch, plus ``n_nce`` detached rows of a
+    memory bank when ``n_nce > 0``. The in-batch negatives are always kept: they are the only
+    negatives that carry gradient into a_F (the "flip" push of the paper), and they make the
+    loss defined on the first step while the bank is empty. A candidate is a negative of an
+    anchor iff its dataset index differs, so the positive (and any duplicate of the same image)
+    is never its own negative. Bank rows are the critic's real-side keys: raw a_F rows for
+    ``'flip'`` (n_nce x D floats per layer, hence in-batch by default) and g_F(a_F) for
+    ``'embed'``.
+
+    Banks (``n_nce > 0``; registered buffers, so they live in checkpoints):
+        ``'queue'`` (default): a FIFO of the last ``n_nce`` keys and their dataset indices, as
+            MoCo. Memory is n_nce x key_dim per layer whatever the dataset size: 4 layers x
+            16384 x 128 floats = 32 MiB at ImageNet scale, and negatives are at most
+            n_nce / batch steps old.
+        ``'momentum'``: the CRD memory indexed by dataset index (``num_data`` rows, momentum
+            0.5): row i <- normalise(m * row_i + (1 - m) * key_i); ``n_nce`` rows are drawn per
+            step with one ``randint`` shared by the batch. It costs num_data x embed_dim per
+            layer (2.5 GiB for 4 layers on ImageNet) and its rows can be an epoch old, which is
+            why the queue is the default. ``'embed'`` critic only (raw a_F rows do not
+            average meaningfully).
+        Rows never written are skipped (index -1) instead of CRD's random initialisation.
+
+    M (``num_data``): the dataset size when given (the paper's "number of data"); otherwise
+    each anchor's number of candidates (negatives + 1), which makes N/M ~ 1 for in-batch use.
+
+    ``z_norm``: CRD divides exp(s) by a constant Z = M * mean(exp(s)) measured on the first
+    batch (kept in the ``log_z`` buffer). Without it the Eq. 13 sum over N negatives grows
+    linearly with N (about N * log(1 + M/N) at init); with it every score is shifted by -log Z
+    and L_NCE stays O(1) for any n_nce. Off by default to follow Eq. 10 literally.
+
+    DDP: negatives and bank updates use the samples of every rank; gradients flow only into the
+    local rows (see :mod:`cmim_dense.losses.dist_utils`). Every rank applies the same bank
+    update, so banks stay identical without ``broadcast_buffers``.
+
+    Args:
+        in_dims: D of each tapped layer, shallow to deep.
+        tau: temperature.
+        beta: Eq. 14 layer decay (> 1 weights deep layers more); 2.0 halves the weight per
+            step towards the input, so the deepest of 4 layers gets 8x the shallowest.
+        critic: ``'flip'`` or ``'embed'``.
+        n_nce: bank negatives per step; None gives 16384 for ``'embed'`` (the paper's ImageNet
+            value) and 0 (in-batch only) for ``'flip'``.
+        embed_dim: projection output size (``'embed'``).
+        hidden_dim: projection hidden size (``'embed'``). The first Linear (D x hidden, D up
+            to 512 * 4^2 = 8192 with 4x4 taps) dominates the critic's cost; 128 keeps the
+            embed critic near 10% of a binary ResNet-18 step at 32x32 on CPU, 512 took ~60%.
+        bank: ``'queue'`` or ``'momentum'``.
+        num_data: M, the dataset size; required for ``bank='momentum'``.
+        momentum: CRD memory momentum.
+        z_norm: apply CRD's constant normalisation (see above).
+
+    Attributes after each forward (detached, one per layer, shallow to deep):
+        last_layer_terms: L_NCE^k (Eq. 13, maximised).
+        last_mi_bounds: Eq. 9 estimates E_pos[log h] + log(N) in nats.
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        tau: float = 0.1,
+        beta: float = 2.0,
+        critic: str = "flip",
+        n_nce: int | None = None,
+        embed_dim: int = 128,
+        hidden_dim: int = 128,
+        bank: str = "queue",
+        num_data: int | None = None,
+        momentum: float = 0.5,
+        z_norm: bool = False,
+    ):
+        super().__init__()
+        in_dims = [int(d) for d in in_dims]
+        if not in_dims or min(in_dims) < 1:
+            raise ValueError(f"in_dims must be a non-empty list of positive ints, got {in_dims}")
+        if critic not in CRITICS:
+            raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
+        if bank not in BANKS:
+            raise ValueError(f"bank must be one of {BANKS}, got {bank!r}")
+        if tau <= 0 or beta <= 0:
+            raise ValueError(f"tau and beta must be positive, got tau={tau}, beta={beta}")
+        n_nce = (16384 if critic == "embed" else 0) if n_nce is None else int(n_nce)
+        if n_nce < 0:
+            raise ValueError(f"n_nce must be >= 0, got {n_nce}")
+        if n_nce and bank == "momentum":
+            if critic != "embed":
+                raise ValueError("bank='momentum' needs critic='embed'; use bank='queue' for flip")
+            if num_data is None:
+                raise ValueError("bank='momentum' needs num_data (the dataset size)")
+        if num_data is not None and num_data < 1:
+            raise ValueError(f"num_data must be >= 1, got {num_data}")
+
+        self.in_dims = in_dims
+        self.tau = float(tau)
+        self.beta = float(beta)
+        self.critic = critic
+        self.n_nce = n_nce
+        self.bank = bank
+        self.num_data = num_data
+        self.momentum = float(momentum)
+        self.z_norm = z_norm
+        self.weights = layer_weights(len(in_dims), self.beta)
+        self.last_layer_terms: list[Tensor] = []
+        self.last_mi_bounds: list[Tensor] = []
+
+        if critic == "embed":
+            self.embed_B = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for d in in_dims)
+            self.embed_F = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for d in in_dims)
+        if n_nce:
+            rows = n_nce if bank == "queue" else num_data
+            for k, d in enumerate(in_dims):
+                key_dim = embed_dim if critic == "embed" else d
+                self.register_buffer(f"bank_{k}", torch.zeros(rows, key_dim))
+                self.register_buffer(f"bank_index_{k}", torch.full((rows,), -1, dtype=torch.long))
+            if bank == "queue":
+                self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
+        if z_norm:
+            self.register_buffer("log_z", torch.full((len(in_dims),), float("nan")))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.in_dims)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_dims={self.in_dims}, tau={self.tau}, beta={self.beta}, critic={self.critic!r}, "
+            f"n_nce={self.n_nce}, bank={self.bank!r}, num_data={self.num_data}, "
+            f"z_norm={self.z_norm}"
+        )
+
+    def forward(
+        self, pairs: Sequence[tuple[Tensor, Tensor]], indices: Tensor | None = None
+    ) -> Tensor:
+        """CMIM loss to minimise.
+
+        Args:
+            pairs: K pairs (a_F, a_B), each (n, D_k), shallow to deep (ActivationTaps.pop()).
+            indices: (n,) dataset indices of the samples; required when ``n_nce > 0``.
+
+        Returns:
+            Scalar -sum_k L_NCE^k / beta^(K-1-k).
+        """
+        n = self._check(pairs, indices)
+        device = pairs[0][0].device
+        sizes = batch_sizes(n, device)
+        rows = torch.arange(n, device=device)
+        pos_cols = rank_offset(sizes) + rows
+        if indices is not None:
+            local_idx = indices.to(device=device, dtype=torch.long)
+            all_idx = gather_cat(local_idx, sizes)
+            batch_mask = all_idx.unsqueeze(0) != local_idx.unsqueeze(1)
+        else:
+            local_idx = all_idx = None
+            batch_mask = torch.ones(n, sum(sizes), dtype=torch.bool, device=device)
+            batch_mask[rows, pos_cols] = False
+        sample = None
+        if self.n_nce and self.bank == "momentum":
+            sample = torch.randint(self.num_data, (self.n_nce,), device=device)
+
+        total = 0.0
+        terms, bounds, keys_all = [], [], []
+        # Contrastive scores need fp32: exp and sums over D overflow in half precision.
+        with torch.autocast(device.type, enabled=False):
+            for k, (a_F, a_B) in enumerate(pairs):
+                anchors, keys, scale = self._critic_inputs(k, _full(a_F), _full(a_B))
+                keys = gather_cat(keys, sizes)
+                scores = anchors @ keys.T * scale
+                pos, neg, neg_mask = scores[rows, pos_cols], scores, batch_mask
+                if self.n_nce:
+                    bank_keys, bank_idx = self._bank_rows(k, sample)
+                    bank_mask = (bank_idx.unsqueeze(0) >= 0) & (
+                        bank_idx.unsqueeze(0) != local_idx.unsqueeze(1)
+                    )
+                    neg = torch.cat([neg, anchors @ bank_keys.to(anchors.dtype).T * scale], 1)
+                    neg_mask = torch.cat([neg_mask, bank_mask], 1)
+                if self.z_norm:
+                    shift = self._log_z(k, pos, neg, neg_mask)
+                    pos, neg = pos - shift, neg - shift
+                result = nce_objective(pos, neg, neg_mask, self.num_data)
+                total = total - self.weights[k] * result.objective
+                terms.append(result.objective.detach())
+                bounds.append(mi_lower_bound(result.log_h_pos.detach(), result.num_negatives))
+                keys_all.append(keys.detach())
+        if self.n_nce and self.training:
+            self._update_banks(keys_all, all_idx)
+        self.last_layer_terms, self.last_mi_bounds = terms, bounds
+        return total
+
+    def _check(self, pairs: Sequence[tuple[Tensor, Tensor]], indices: Tensor | None) -> int:
+        if len(pairs) != self.num_layers:
+            raise ValueError(
+                f"CMIMLoss expects {self.num_layers} (a_F, a_B) pairs, got {len(pairs)}"
+            )
+        n = pairs[0][0].shape[0]
+        for k, ((a_F, a_B), d) in enumerate(zip(pairs, self.in_dims)):
+            if a_F.shape != (n, d) or a_B.shape != (n, d):
+                raise ValueError(
+                    f"layer {k}: expected a_F and a_B of shape ({n}, {d}), "
+                    f"got {tuple(a_F.shape)} and {tuple(a_B.shape)}"
+                )
+        if indices is None and self.n_nce:
+            raise ValueError("CMIMLoss with a memory bank (n_nce > 0) needs dataset indices")
+        if indices is not None and indices.shape != (n,):
+            raise ValueError(f"indices must have shape ({n},), got {tuple(indices.shape)}")
+        return n
+
+    def _critic_inputs(self, k: int, a_real: Tensor, a_bin: Tensor) -> tuple[Tensor, Tensor, float]:
+        """(anchors (n, E), real-side keys (n, E), score scale) of layer k."""
+        if self.critic == "embed":
+            return self.embed_B[k](a_bin), self.embed_F[k](a_real), 1.0 / self.tau
+        return a_bin, a_real, 1.0 / (self.tau * self.in_dims[k])
+
+    def _bank_rows(self, k: int, sample: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Bank negatives of layer k: keys (q, E) and dataset indices (q,), -1 = empty."""
+        keys, index = getattr(self, f"bank_{k}"), getattr(self, f"bank_index_{k}")
+        if sample is None:
+            # A copy, as MoCo: the in-place enqueue below must not touch tensors saved for backward.
+            return keys.clone(), index.clone()
+        return keys[sample], index[sample]
+
+    def _log_z(self, k: int, pos: Tensor, neg: Tensor, neg_mask: Tensor) -> Tensor:
+        """CRD's log Z = log(M * mean exp(s)) of layer k, measured once on the first batch."""
+        if torch.isnan(self.log_z[k]):
+            with torch.no_grad():
+                valid = torch.cat([pos.unsqueeze(1), neg.masked_fill(~neg_mask, -math.inf)], 1)
+                count = pos.numel() + neg_mask.sum().to(pos.dtype)
+                num_data = self.num_data or neg_mask.sum(1).to(pos.dtype).mean() + 1
+                log_z = valid.logsumexp((0, 1)) - count.log() + math.log(num_data)
+                self.log_z[k] = all_reduce_mean(log_z)
+        return self.log_z[k]
+
+    @torch.no_grad()
+    def _update_banks(self, keys_all: list[Tensor], all_idx: Tensor) -> None:
+        """Write this step's real-side keys (all ranks) into every layer's bank."""
+        if self.bank == "queue":
+            keys_all = [keys[-self.n_nce :] for keys in keys_all]
+            all_idx = all_idx[-self.n_nce :]
+            slots = (
+                self.bank_ptr + torch.arange(all_idx.numel(), device=all_idx.device)
+            ) % self.n_nce
+            for k, keys in enumerate(keys_all):
+                getattr(self, f"bank_{k}")[slots] = keys.to(getattr(self, f"bank_{k}").dtype)
+                getattr(self, f"bank_index_{k}")[slots] = all_idx
+            self.bank_ptr.copy_((self.bank_ptr + all_idx.numel()) % self.n_nce)
+            return
+        for k, keys in enumerate(keys_all):
+            bank, index = getattr(self, f"bank_{k}"), getattr(self, f"bank_index_{k}")
+            filled = (index[all_idx] >= 0).unsqueeze(1)
+            mixed = self.momentum * bank[all_idx] + (1 - self.momentum) * keys.to(bank.dtype)
+            bank[all_idx] = F.normalize(torch.where(filled, mixed, keys.to(bank.dtype)), dim=1)
+            index[all_idx] = all_idx
