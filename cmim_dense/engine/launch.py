@@ -7,7 +7,10 @@ from pathlib import Path
 
 import torch
 from mmengine.config import Config
+from mmengine.dist import is_main_process
 from mmengine.runner import Runner
+
+from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, write_run_metrics
 
 
 def load_config(
@@ -79,18 +82,62 @@ def train(
     return runner
 
 
+def run_meta(cfg: Config) -> dict:
+    """Binarizer, CMIM lambda and pretraining accuracy of a config, for ``metrics.json``.
+
+    A dense config reads the lambda and top-1/top-5 from the ``metrics.json`` of the run
+    that produced its pretrained backbone (the checkpoint's directory), when there is one.
+    """
+    model = cfg.model
+    backbone = model.get("backbone", {})
+    binarizer = backbone.get("binarizer")
+    meta = dict(
+        binarizer=binarizer.get("type") if isinstance(binarizer, dict) else binarizer,
+        cmim_lambda=model.get("cmim_lambda"),
+    )
+    pretrained = backbone.get("pretrained")
+    if pretrained and osp.isfile(osp.join(osp.dirname(pretrained), METRICS_FILE)):
+        source = read_run_metrics(osp.dirname(pretrained))
+        meta.update(
+            cmim_lambda=source["meta"].get("cmim_lambda"),
+            pretrain_top1=source["metrics"].get("top1"),
+            pretrain_top5=source["metrics"].get("top5"),
+        )
+    return meta
+
+
 def test(
     config: str,
     checkpoint: str,
     work_dir: str | None = None,
     cfg_options: dict | None = None,
     launcher: str = "none",
+    show_dir: str | None = None,
+    name: str | None = None,
 ) -> tuple[Runner, dict]:
-    """Evaluate ``checkpoint`` on the config's test set; returns (runner, metrics)."""
+    """Evaluate ``checkpoint`` on the config's test set and write ``<work_dir>/metrics.json``.
+
+    Dense models also save the first test images' predictions under
+    ``<work_dir>/predictions/`` (for ``tools/report.py``) and, with ``show_dir``, a
+    picture per test image. Returns (runner, metrics).
+    """
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     cfg = load_config(config, cfg_options, work_dir, launcher)
     cfg.load_from = checkpoint
+    if cfg.model.type == "MultiTaskDense":
+        hooks = list(cfg.get("custom_hooks", []))
+        hooks.append(dict(type="DensePredictionDumpHook", show_dir=show_dir))
+        cfg.custom_hooks = hooks
+    elif show_dir:
+        raise ValueError("--show-dir draws dense predictions; this config is not a dense model")
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
+    if is_main_process():
+        meta = run_meta(cfg)
+        if cfg.model.type != "MultiTaskDense":
+            meta.update(pretrain_top1=metrics.get("top1"), pretrain_top5=metrics.get("top5"))
+        write_run_metrics(
+            cfg.work_dir, name or Path(config).stem, config, checkpoint, meta, metrics
+        )
     return runner, metrics

@@ -6,7 +6,6 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
     dist_cfg=dict(backend="nccl"),
 )
-log_processor = dict(by_epoch=True, window_size=20)
 log_level = "INFO"
 load_from = None
 resume = False

@@ -5,6 +5,7 @@ optim_wrapper = dict(
 param_scheduler = [dict(type="CosineAnnealingLR", T_max=400, by_epoch=True, eta_min=0)]
 train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=400, val_interval=10)
 val_cfg = dict(type="ValLoop")
+log_processor = dict(by_epoch=True, window_size=20)
 test_cfg = dict(type="TestLoop")
 default_hooks = dict(
     timer=dict(type="IterTimerHook"),

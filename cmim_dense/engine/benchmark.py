@@ -1,0 +1,121 @@
+"""Step-time benchmarks: CMIM's overhead in pretraining, and the frozen-backbone saving.
+
+Variants are timed *interleaved* (one step of each in turn, the order rotating every
+round), so drift in machine load hits all of them alike; we report medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from torch import nn
+
+from cmim_dense.models.classifier import BinaryImageClassifier
+
+StepFn = Callable[[], None]
+
+
+def median_step_times(steps: dict[str, StepFn], iters: int = 15, warmup: int = 3) -> dict:
+    """Median seconds per call of each step function, timed interleaved.
+
+    Args:
+        steps: name -> a function that runs one full training step.
+        iters: timed rounds (at least 10).
+        warmup: untimed rounds first (allocator, caches, the CMIM bank filling up).
+    """
+    if iters < 10:
+        raise ValueError(f"take at least 10 timed iterations, got {iters}")
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(iters):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _train_step(model: nn.Module, batch: Callable[[], dict]) -> StepFn:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    model.train()
+
+    def step() -> None:
+        losses = model(**batch(), mode="loss")
+        loss = sum(v for k, v in losses.items() if k.startswith("loss") or ".loss" in k)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def cmim_steps(batch_size: int, size: int, n_nce: int = 4096, num_classes: int = 100) -> dict:
+    """One training step each of a binary ResNet-18 classifier: plain, CMIM flip, CMIM embed.
+
+    The three models have the same architecture and weights, and see the same batch
+    (with fresh dataset indices every step, as in an epoch). 32x32 inputs use the CIFAR
+    stem, larger ones the ImageNet stem.
+    """
+    stem = "cifar" if size <= 64 else "imagenet"
+    backbone = dict(type="BinaryResNet", depth=18, binarizer="irnet", stem=stem)
+    variants = {
+        "plain": dict(cmim_lambda=0.0),
+        "flip": dict(cmim_lambda=3.2, cmim=dict(critic="flip")),
+        "embed": dict(cmim_lambda=3.2, cmim=dict(critic="embed", n_nce=n_nce)),
+    }
+    inputs = torch.randn(batch_size, 3, size, size)
+    labels = torch.randint(0, num_classes, (batch_size,))
+    steps = {}
+    for name, kwargs in variants.items():
+        torch.manual_seed(0)
+        model = BinaryImageClassifier(backbone=backbone, num_classes=num_classes, **kwargs)
+        counter = iter(range(10**9))
+
+        def batch(counter=counter) -> dict:
+            start = next(counter) * batch_size
+            index = torch.arange(start, start + batch_size)
+            return dict(inputs=inputs, label=labels, index=index)
+
+        steps[name] = _train_step(model, batch)
+    return steps
+
+
+def transfer_steps(config: str, batch_size: int, height: int, width: int) -> dict:
+    """One training step of the config's dense model, frozen backbone vs full fine-tuning."""
+    init_default_scope("mmseg")
+    cfg = Config.fromfile(config)
+    num_classes = cfg.model.seg_head.num_classes if cfg.model.get("seg_head") else 1
+    samples = []
+    for _ in range(batch_size):
+        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width)))
+        sample.set_data(
+            dict(
+                gt_sem_seg=PixelData(data=torch.randint(0, num_classes, (1, height, width))),
+                gt_depth_map=PixelData(data=torch.rand(1, height, width) * 5 + 0.5),
+            )
+        )
+        samples.append(sample)
+    inputs = torch.randn(batch_size, 3, height, width)
+    steps = {}
+    for name, freeze in (("frozen", True), ("finetune", False)):
+        torch.manual_seed(0)
+        model_cfg = dict(cfg.model, freeze_backbone=freeze)
+        model_cfg.pop("data_preprocessor", None)
+        model_cfg["backbone"] = dict(model_cfg["backbone"], pretrained=None, init_cfg=None)
+        model = revert_sync_batchnorm(MODELS.build(model_cfg))  # SyncBN needs a process group
+        steps[name] = _train_step(model, lambda: dict(inputs=inputs, data_samples=samples))
+    return steps

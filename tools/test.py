@@ -1,0 +1,51 @@
+"""Evaluate a checkpoint and write ``<work_dir>/metrics.json``.
+
+python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--name NAME]
+                     [--cfg-options key=value ...] [--launcher none|pytorch|slurm]
+"""
+
+import argparse
+import json
+import sys
+
+from mmengine.config import DictAction
+
+import cmim_dense  # noqa: F401  (shims and registries)
+from cmim_dense.engine.launch import test
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="config file path")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--work-dir", help="run directory: metrics.json and predictions/ go here")
+    parser.add_argument("--show-dir", help="save a picture of every test image's predictions")
+    parser.add_argument("--name", help="run name in metrics.json and reports (default: config)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        _, metrics = test(
+            args.config,
+            args.checkpoint,
+            args.work_dir,
+            args.cfg_options,
+            args.launcher,
+            args.show_dir,
+            args.name,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    headline = {k: v for k, v in metrics.items() if "." not in k}
+    print(json.dumps(headline, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
