@@ -1,6 +1,13 @@
 """Datasets: NYUD-v2 (real and synthetic, official format) and classification sets."""
 
-from cmim_dense.datasets.classification import (  # noqa: F401
-    CIFARClassification,
-    ImageFolderClassification,
-)
+from cmim_dense.datasets.classification import CIFARClassification, ImageFolderClassification
+from cmim_dense.datasets.nyud import NYUDv2Dataset, NYUDv2Dataset13
+from cmim_dense.datasets.transforms import PadSegDepth
+
+__all__ = [
+    "CIFARClassification",
+    "ImageFolderClassification",
+    "NYUDv2Dataset",
+    "NYUDv2Dataset13",
+    "PadSegDepth",
+]

@@ -79,6 +79,8 @@ class ImageFolderClassification(_ClassificationBase):
         train: training augmentation; None means ``split == 'train'``.
         crop_pct: evaluation center-crop fraction (timm default 0.875).
         color_jitter: timm colour-jitter strength for training (None: off).
+        scale: RandomResizedCrop area range for training (ImageNet default (0.08, 1); small
+            object crops keep more, e.g. (0.5, 1)).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class ImageFolderClassification(_ClassificationBase):
         train: bool | None = None,
         crop_pct: float = 0.875,
         color_jitter: float | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
     ):
         root = Path(data_root) / split
         if not root.is_dir():
@@ -103,6 +106,7 @@ class ImageFolderClassification(_ClassificationBase):
             is_training=self.train,
             color_jitter=color_jitter,
             crop_pct=crop_pct,
+            scale=tuple(scale),
             mean=IMAGENET_DEFAULT_MEAN,
             std=IMAGENET_DEFAULT_STD,
         )

@@ -1,0 +1,94 @@
+"""NYUD-v2 semantic segmentation + depth datasets (40 and 13 classes) for mmseg.
+
+Expects the tree written by ``tools/prepare_nyud.py``::
+
+    data/nyud/images/{train,test}/0001.png       RGB, uint8
+    data/nyud/annotations/{train,test}/0001.png  uint8 class ids 0..C-1, 255 = void
+    data/nyud/depth/{train,test}/0001.png        uint16 millimetres, 0 = invalid
+
+Each sample gets ``img_path``, ``seg_map_path`` and ``depth_map_path``, so mmseg's
+``LoadAnnotations`` and ``LoadDepthAnnotation(depth_rescale_factor=1e-3)`` give ``gt_seg_map``
+(H, W) and ``gt_depth_map`` (H, W) float32 metres, and ``PackSegInputs`` packs them as
+``gt_sem_seg`` and ``gt_depth_map``.
+"""
+
+from __future__ import annotations
+
+import os.path as osp
+
+from mmseg.datasets import BaseSegDataset
+from mmseg.registry import DATASETS
+
+# Names as in classMapping40.mat's ``className`` (including its spelling of 'refridgerator').
+NYUD40_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
+    "floor mat", "clothes", "ceiling", "books", "refridgerator", "television", "paper", "towel",
+    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
+    "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
+)  # fmt: skip
+
+# Names as in class13Mapping.mat's ``classNames``.
+NYUD13_CLASSES = (
+    "bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture", "sofa",
+    "table", "tv", "wall", "window",
+)  # fmt: skip
+
+# class13Mapping.mat's ``labels13``: 1-based 13-class id of each 1-based 40-class id.
+NYUD13_FROM_40 = (
+    12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7, 5,
+    7, 3, 2, 6, 11, 7, 7, 7, 7, 7, 7, 6, 7, 7, 7, 7, 7, 7, 6, 7,
+)  # fmt: skip
+
+
+@DATASETS.register_module()
+class NYUDv2Dataset(BaseSegDataset):
+    """NYUD-v2 with 40-class segmentation maps and depth maps (795 train / 654 test frames).
+
+    Args:
+        data_prefix: folders under ``data_root`` of images, annotations and depth maps.
+        img_suffix, seg_map_suffix, depth_map_suffix: file endings.
+        **kwargs: the rest of :class:`mmseg.datasets.BaseSegDataset`'s arguments.
+    """
+
+    METAINFO = dict(classes=NYUD40_CLASSES)
+
+    def __init__(
+        self,
+        data_prefix: dict | None = None,
+        img_suffix: str = ".png",
+        seg_map_suffix: str = ".png",
+        depth_map_suffix: str = ".png",
+        **kwargs,
+    ) -> None:
+        if data_prefix is None:
+            data_prefix = dict(
+                img_path="images/train",
+                seg_map_path="annotations/train",
+                depth_map_path="depth/train",
+            )
+        self.depth_map_suffix = depth_map_suffix
+        super().__init__(
+            data_prefix=data_prefix,
+            img_suffix=img_suffix,
+            seg_map_suffix=seg_map_suffix,
+            **kwargs,
+        )
+
+    def load_data_list(self) -> list[dict]:
+        """Image and segmentation entries from mmseg, plus ``depth_map_path`` beside each."""
+        data_list = super().load_data_list()
+        depth_dir = self.data_prefix.get("depth_map_path")
+        if depth_dir:
+            img_dir = self.data_prefix["img_path"]
+            for info in data_list:
+                stem = osp.relpath(info["img_path"], img_dir)[: -len(self.img_suffix)]
+                info["depth_map_path"] = osp.join(depth_dir, stem + self.depth_map_suffix)
+        return data_list
+
+
+@DATASETS.register_module()
+class NYUDv2Dataset13(NYUDv2Dataset):
+    """NYUD-v2 with the 13-class maps written by ``tools/prepare_nyud.py --classes 13``."""
+
+    METAINFO = dict(classes=NYUD13_CLASSES)

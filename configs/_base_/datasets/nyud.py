@@ -1,0 +1,72 @@
+# NYUD-v2: 40-class segmentation + depth, prepared by tools/prepare_nyud.py into data/nyud.
+
+dataset_type = "NYUDv2Dataset"
+data_root = "data/nyud"
+crop_size = (480, 640)  # (h, w)
+meta_keys = (
+    "img_path",
+    "seg_map_path",
+    "depth_map_path",
+    "ori_shape",
+    "img_shape",
+    "pad_shape",
+    "scale_factor",
+    "flip",
+    "flip_direction",
+    "reduce_zero_label",
+)
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations"),
+    dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
+    # scale, crop and flip act on img and on every map in seg_fields (gt_seg_map, gt_depth_map)
+    dict(type="RandomResize", scale=(640, 480), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="PhotoMetricDistortion"),
+    # pad to the crop size here (depth with 0) so batching never pads depth with 255
+    dict(
+        type="PadSegDepth", size=(crop_size[1], crop_size[0]), pad_val=dict(img=0, seg=255, depth=0)
+    ),
+    dict(type="PackSegInputs", meta_keys=meta_keys),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=(640, 480), keep_ratio=True),
+    # annotations load after Resize: evaluation uses full-resolution ground truth
+    dict(type="LoadAnnotations"),
+    dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
+    dict(type="PackSegInputs", meta_keys=meta_keys),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type="InfiniteSampler", shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(
+            img_path="images/train", seg_map_path="annotations/train", depth_map_path="depth/train"
+        ),
+        pipeline=train_pipeline,
+    ),
+)
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type="DefaultSampler", shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        test_mode=True,
+        data_prefix=dict(
+            img_path="images/test", seg_map_path="annotations/test", depth_map_path="depth/test"
+        ),
+        pipeline=test_pipeline,
+    ),
+)
+test_dataloader = val_dataloader
+val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
+test_evaluator = val_evaluator
