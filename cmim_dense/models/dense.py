@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import torch
+from mmengine.logging import print_log
 from mmseg.models.segmentors import BaseSegmentor, DepthEstimator
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
@@ -16,10 +20,12 @@ class MultiTaskDense(BaseSegmentor):
     the same features. Either head may be omitted, which gives the single-task models.
 
     Args:
-        backbone: backbone config; ``frozen`` is set from ``freeze_backbone``.
+        backbone: config of any mmseg backbone (binary or real-valued).
         seg_head: config of an mmseg decode head (e.g. ``ASPPHead``), or None.
         depth_head: config of a depth head (e.g. ``DepthASPPHead``), or None.
-        freeze_backbone: keep the backbone fixed (the paper's transfer protocol).
+        freeze_backbone: keep the backbone fixed (the paper's transfer protocol): no
+            gradients, BN in eval mode whatever ``train()`` says, and a forward under
+            ``no_grad``, so no graph is kept for it.
         data_preprocessor: typically ``DenseDataPreProcessor``.
 
     Inputs (N, 3, H, W); ``predict`` fills each data sample's ``pred_sem_seg`` (1, H0, W0)
@@ -40,12 +46,37 @@ class MultiTaskDense(BaseSegmentor):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if seg_head is None and depth_head is None:
             raise ValueError("MultiTaskDense needs a seg_head, a depth_head, or both")
-        self.backbone = MODELS.build(dict(backbone, frozen=freeze_backbone))
+        self.backbone = MODELS.build(backbone)
+        self.freeze_backbone = freeze_backbone
         self.seg_head = MODELS.build(seg_head) if seg_head is not None else None
         self.depth_head = MODELS.build(depth_head) if depth_head is not None else None
         self.align_corners = (self.seg_head or self.depth_head).align_corners
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        if freeze_backbone:
+            self._freeze()
+
+    def _freeze(self) -> None:
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> MultiTaskDense:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if self.freeze_backbone:
+            if not self.backbone.init_cfg:
+                print_log(
+                    "the backbone is frozen but has no pretrained weights: its features are "
+                    "random. Set model.backbone.pretrained=PATH for a real transfer.",
+                    logger="current",
+                    level=logging.WARNING,
+                )
+            self._freeze()
 
     @property
     def heads(self) -> dict:
@@ -58,6 +89,9 @@ class MultiTaskDense(BaseSegmentor):
 
     def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
         """(N, 3, H, W) -> the backbone's multi-level features."""
+        if self.freeze_backbone:
+            with torch.no_grad():
+                return self.backbone(inputs)
         return self.backbone(inputs)
 
     def encode_decode(self, inputs: Tensor, batch_img_metas: list[dict]) -> Tensor:

@@ -1,0 +1,51 @@
+# Demo transfer: the main job's model and data pipeline at demo scale, on the synthetic
+# NYUD-format set: the narrow backbone of configs/demo/pretrain_crops.py, frozen, small
+# ASPP heads, 120x160 frames, Adam instead of the paper's slow SGD 0.001 so that it
+# converges in a couple of CPU minutes.
+_base_ = ["../nyud_deeplab_bin_r18.py"]
+data_root = "data/synth_nyud/nyud"
+crop_size = (120, 160)
+head = dict(in_channels=128, channels=64, dilations=(1, 3, 6, 9), dropout_ratio=0.0)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(base_channels=16, output_stride=8),
+    seg_head=head,
+    depth_head=head,
+)
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations"),
+    dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
+    dict(type="RandomResize", scale=(160, 120), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type="RandomCrop", crop_size=crop_size),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="PadSegDepth", size=(160, 120), pad_val=dict(img=0, seg=255, depth=0)),
+    dict(type="PackSegInputs"),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations"),
+    dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
+    dict(type="PackSegInputs"),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline),
+)
+val_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline),
+)
+test_dataloader = val_dataloader
+max_iters = 600
+optim_wrapper = dict(
+    _delete_=True, type="OptimWrapper", optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4)
+)
+param_scheduler = [dict(type="PolyLR", by_epoch=False, power=0.9, eta_min=1e-5, end=max_iters)]
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+default_hooks = dict(
+    logger=dict(interval=50),
+    checkpoint=dict(interval=max_iters, max_keep_ckpts=1, save_last=True),
+)
