@@ -171,3 +171,26 @@ def test_pretrained_mismatch_raises_clear_error(tmp_path):
 
     with pytest.raises(CheckpointMismatchError, match="no weights under prefix"):
         BinaryResNet(base_channels=8).load_pretrained(str(partial), prefix="encoder.")
+
+
+def test_adabin_block_applies_maxout_after_each_residual_add():
+    from cmim_dense.binary.adabin import Maxout
+
+    torch.manual_seed(0)
+    model = BinaryResNet(block="adabin", binarizer="adabin", base_channels=8, stem="cifar").eval()
+    units = [m for m in model.modules() if type(m).__name__ == "BinaryConvUnit"]
+    assert len(units) == 16 and all(isinstance(u.act, Maxout) for u in units)
+    unit = units[4]  # 8 -> 16 channels, stride 2: a real downsample shortcut
+    with torch.no_grad():
+        unit.act.pos_scale.copy_(torch.linspace(0.5, 2.0, 16))
+        unit.act.neg_scale.copy_(torch.linspace(-1.0, 1.0, 16))
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        pre = unit.bn(unit.conv(x)) + unit.shortcut(x)
+        pos = unit.act.pos_scale.view(1, -1, 1, 1)
+        neg = unit.act.neg_scale.view(1, -1, 1, 1)
+        expected = torch.where(pre > 0, pos * pre, neg * pre)
+        torch.testing.assert_close(unit(x), expected)
+    assert model(torch.randn(1, 3, 32, 32))[-1].shape == (1, 64, 4, 4)
+    with pytest.raises(ValueError, match="block must be one of"):
+        BinaryResNet(block="maxout")

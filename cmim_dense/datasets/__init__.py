@@ -3,6 +3,7 @@
 from cmim_dense.datasets.classification import CIFARClassification, ImageFolderClassification
 from cmim_dense.datasets.nyud import NYUDv2Dataset, NYUDv2Dataset13
 from cmim_dense.datasets.transforms import PadSegDepth
+from cmim_dense.datasets.unlabeled import UnlabeledDataset
 
 __all__ = [
     "CIFARClassification",
@@ -10,4 +11,5 @@ __all__ = [
     "NYUDv2Dataset",
     "NYUDv2Dataset13",
     "PadSegDepth",
+    "UnlabeledDataset",
 ]

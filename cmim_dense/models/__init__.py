@@ -5,6 +5,7 @@ from cmim_dense.models.classifier import BinaryImageClassifier
 from cmim_dense.models.data_preprocessor import DenseDataPreProcessor
 from cmim_dense.models.dense import MultiTaskDense
 from cmim_dense.models.heads import DepthASPPHead, DepthDepthwiseSeparableASPPHead
+from cmim_dense.models.s2bnn import S2BNNClassifier
 
 __all__ = [
     "BinaryImageClassifier",
@@ -14,4 +15,5 @@ __all__ = [
     "DepthASPPHead",
     "DepthDepthwiseSeparableASPPHead",
     "MultiTaskDense",
+    "S2BNNClassifier",
 ]

@@ -11,6 +11,7 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from cmim_dense.binary import ActivationTaps
+from cmim_dense.binary.lns import LNSBinarizer, lns_noisy_label_loss
 
 
 class LinearClsHead(nn.Module):
@@ -24,21 +25,39 @@ class LinearClsHead(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def build_teacher(arch: str, checkpoint: str, num_classes: int, prefix: str = "") -> nn.Module:
+def build_teacher(
+    arch: str,
+    checkpoint: str,
+    num_classes: int,
+    prefix: str = "",
+    mlp_hidden: int | None = None,
+) -> nn.Module:
     """A frozen real-valued timm network with weights from ``checkpoint`` (never executes code).
 
     Args:
         arch: timm architecture name, e.g. ``'resnet18'``.
         checkpoint: a local file (state dict, optionally under ``state_dict``).
         prefix: keep only keys under this prefix, with it removed.
+        mlp_hidden: replace the classifier by Linear(F, mlp_hidden)-ReLU-Linear(mlp_hidden,
+            num_classes), the projection head of MoCo v2 / SimCLR checkpoints (``fc.0``,
+            ``fc.2`` keys for a ResNet), before loading.
     """
     teacher = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    if mlp_hidden:
+        name = teacher.pretrained_cfg.get("classifier", "fc")
+        if "." in name:
+            raise ValueError(f"mlp_hidden needs a top-level classifier; {arch} has {name!r}")
+        head = [nn.Linear(teacher.num_features, mlp_hidden), nn.ReLU(inplace=True)]
+        setattr(teacher, name, nn.Sequential(*head, nn.Linear(mlp_hidden, num_classes)))
     ckpt = _load_checkpoint(checkpoint, map_location="cpu")
     state = ckpt.get("state_dict", ckpt)
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     teacher.load_state_dict(state, strict=True)
     teacher.requires_grad_(False)
+    # mmengine's init_weights() calls the init_weights() of every child not marked initialised,
+    # and timm networks have one: without this the Runner would re-randomise the teacher.
+    teacher.is_init = True
     return teacher.eval()
 
 
@@ -47,6 +66,7 @@ class BinaryImageClassifier(BaseModel):
     """Image classifier for BNN pretraining with CMIM, in one forward pass.
 
     loss = CE(logits, label) + lambda * CMIM(taps) [+ distill_weight * KL(teacher || student)]
+           [+ lns_weight * LNS noisy-label loss]
 
     The CMIM pairs (a_F, a_B) are read by activation taps during the *same* backbone
     forward that produces the logits; with ``cmim_lambda == 0`` no tap is attached and
@@ -63,6 +83,9 @@ class BinaryImageClassifier(BaseModel):
         teacher: optional ``dict(arch=..., checkpoint=..., prefix='')`` of a real-valued
             timm network for logit distillation (ReActNet / S2-BNN recipe).
         distill: config of the distillation loss; ``loss_weight`` in it scales it.
+        lns_weight: weight of LNS's noisy-label loss of the binarization networks
+            (:func:`~cmim_dense.binary.lns.lns_noisy_label_loss`), logged as ``loss_lns``;
+            needs ``binarizer='lns'``. 0 (default) leaves the classifier unchanged.
         data_preprocessor: mmengine data preprocessor config.
 
     Batches are dicts ``inputs`` (N, 3, H, W) float, ``label`` (N,) long,
@@ -79,6 +102,7 @@ class BinaryImageClassifier(BaseModel):
         tap_pool: int | None = 4,
         teacher: dict | None = None,
         distill: dict | None = None,
+        lns_weight: float = 0.0,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
     ):
@@ -98,6 +122,11 @@ class BinaryImageClassifier(BaseModel):
             self.cmim = MODELS.build(dict(dict(type="CMIMLoss"), **(cmim or {}), in_dims=in_dims))
         self.teacher = build_teacher(num_classes=num_classes, **teacher) if teacher else None
         self.distill = MODELS.build(distill or dict(type="DistributionLoss")) if teacher else None
+        self.lns_weight = float(lns_weight)
+        if self.lns_weight > 0 and not any(
+            isinstance(m, LNSBinarizer) for m in self.backbone.modules()
+        ):
+            raise ValueError("lns_weight > 0 needs an LNS backbone (binarizer='lns')")
 
     def train(self, mode: bool = True) -> BinaryImageClassifier:
         super().train(mode)
@@ -144,6 +173,8 @@ class BinaryImageClassifier(BaseModel):
             with torch.no_grad():
                 teacher_logits = self.teacher(inputs)
             losses["loss_distill"] = self.distill(logits, teacher_logits)
+        if self.lns_weight > 0:
+            losses["loss_lns"] = self.lns_weight * lns_noisy_label_loss(self.backbone)
         if not losses:
             raise ValueError("no loss to compute: the batch has no labels and there is no teacher")
         return losses

@@ -2,17 +2,16 @@
 
 Follows Bi-Real / IR-Net practice: a real-valued stem and real-valued downsample
 shortcuts, binary 3x3 convs, and a real-valued shortcut around *every* binary conv.
-The ``react`` block adds ReActNet's RPReLU after each residual add. Registered in
+The ``react`` block adds ReActNet's RPReLU after each residual add, the ``adabin`` block
+AdaBin's Maxout (see :data:`BLOCK_ACTIVATIONS`). Registered in
 mmseg's MODELS (for dense configs) and in timm (``timm.create_model('bin_resnet18')``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import MODELS
@@ -20,6 +19,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
+from cmim_dense.binary.adabin import Maxout
 
 ARCH_SETTINGS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 # (strides, dilations) per output stride, as mmseg's DeepLab configs set them.
@@ -45,6 +45,15 @@ class RPReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.prelu(x - self.shift_in) + self.shift_out
+
+
+# Block name -> the activation after each residual add (None: none, as in Bi-Real / IR-Net).
+# Each class is built as ``cls(channels)``.
+BLOCK_ACTIVATIONS: dict[str, type[nn.Module] | None] = {
+    "basic": None,
+    "react": RPReLU,
+    "adabin": Maxout,
+}
 
 
 class BinaryConvUnit(nn.Module):
@@ -83,7 +92,8 @@ class BinaryConvUnit(nn.Module):
                 nn.Conv2d(in_channels, out_channels, 1, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
-        self.act = RPReLU(out_channels) if block == "react" else nn.Identity()
+        act = BLOCK_ACTIVATIONS[block]
+        self.act = act(out_channels) if act is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)) + self.shortcut(x))
@@ -114,7 +124,8 @@ class BinaryResNet(BaseModule):
     Args:
         depth: 18 or 34.
         binarizer: registered binarizer name or config (see ``list_binarizers()``).
-        block: ``'basic'`` (Bi-Real/IR-Net) or ``'react'`` (adds RPReLU).
+        block: ``'basic'`` (Bi-Real/IR-Net), ``'react'`` (adds RPReLU) or ``'adabin'``
+            (adds Maxout) after every residual add; see :data:`BLOCK_ACTIVATIONS`.
         base_channels: width of the first stage; stages have 1, 2, 4, 8 times it.
         stem: ``'imagenet'`` (7x7/2 conv + 3x3/2 max-pool, stride 4) or ``'cifar'``
             (3x3/1 conv, stride 1). The stem is real-valued.
@@ -162,8 +173,8 @@ class BinaryResNet(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if depth not in ARCH_SETTINGS:
             raise ValueError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
-        if block not in ("basic", "react"):
-            raise ValueError(f"block must be 'basic' or 'react', got {block!r}")
+        if block not in BLOCK_ACTIVATIONS:
+            raise ValueError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         if output_stride is not None:
@@ -238,13 +249,6 @@ class BinaryResNet(BaseModule):
             self.load_pretrained(cfg["checkpoint"], cfg.get("prefix"))
             self._is_init = True
         else:
-            if self.frozen:
-                print_log(
-                    "BinaryResNet is frozen but has no pretrained weights: its features are "
-                    "random. Set model.backbone.pretrained=PATH for a real transfer.",
-                    logger="current",
-                    level=logging.WARNING,
-                )
             super().init_weights()
         if self.frozen:
             self._freeze()
