@@ -1,12 +1,12 @@
 """Classification datasets (ImageFolder, CIFAR pickles) and the top-k accuracy metric."""
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _data_writers import cifar_batch, dump_cifar_pickle, write_cifar10
 from mmengine.dataset import default_collate
 from mmseg.registry import DATASETS, METRICS
 from PIL import Image
@@ -80,52 +80,8 @@ def test_image_folder_errors(tmp_path: Path):
         ImageFolderClassification(tmp_path)
 
 
-def _dump(path: Path, obj: dict) -> None:
-    """Write like the originals: protocol-2 pickles with byte-string keys, whose arrays name
-    numpy 1's ``numpy.core.multiarray._reconstruct`` (numpy 2 writes ``numpy._core``)."""
-    blob = pickle.dumps(obj, protocol=2)
-    path.write_bytes(blob.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
-
-
-def _cifar_batch(rng, n: int, num_classes: int, label_key: bytes) -> dict:
-    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-    labels = rng.integers(0, num_classes, n).tolist()
-    return {
-        b"batch_label": b"batch",
-        label_key: labels,
-        b"data": data,
-        b"filenames": [b"x.png"] * n,
-    }
-
-
-def _write_cifar10(root: Path) -> dict:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batches[name] = _cifar_batch(rng, 3 if name == "test_batch" else 2, 10, b"labels")
-        _dump(root / name, batches[name])
-    names = [
-        n.encode()
-        for n in (
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        )
-    ]
-    _dump(root / "batches.meta", {b"label_names": names, b"num_vis": 3072})
-    return batches
-
-
 def test_cifar10_from_official_folder(tmp_path: Path):
-    batches = _write_cifar10(tmp_path / "cifar-10-batches-py")
+    batches = write_cifar10(tmp_path / "cifar-10-batches-py")
     train = DATASETS.build(dict(type="CIFARClassification", data_root=str(tmp_path)))
     assert len(train) == 10 and train.num_classes == 10 and train.classes[1] == "automobile"
     expected_labels = [y for i in range(1, 6) for y in batches[f"data_batch_{i}"][b"labels"]]
@@ -149,7 +105,7 @@ def test_cifar10_from_official_folder(tmp_path: Path):
 
 
 def test_cifar10_train_augmentation_keeps_pixels(tmp_path: Path):
-    _write_cifar10(tmp_path / "cifar-10-batches-py")
+    write_cifar10(tmp_path / "cifar-10-batches-py")
     train = CIFARClassification(tmp_path)
     raw = train.images[0].float() / 255
     mean, std = torch.tensor(CIFAR10_MEAN)[:, None, None], torch.tensor(CIFAR10_STD)[:, None, None]
@@ -164,11 +120,13 @@ def test_cifar10_train_augmentation_keeps_pixels(tmp_path: Path):
 
 def test_cifar100_files_in_root(tmp_path: Path):
     rng = np.random.default_rng(1)
-    train = _cifar_batch(rng, 5, 100, b"fine_labels")
+    train = cifar_batch(rng, 5, 100, b"fine_labels")
     train[b"coarse_labels"] = [0] * 5
-    _dump(tmp_path / "train", train)
-    _dump(tmp_path / "test", _cifar_batch(rng, 4, 100, b"fine_labels"))
-    _dump(tmp_path / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]})
+    dump_cifar_pickle(tmp_path / "train", train)
+    dump_cifar_pickle(tmp_path / "test", cifar_batch(rng, 4, 100, b"fine_labels"))
+    dump_cifar_pickle(
+        tmp_path / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]}
+    )
     ds = CIFARClassification(tmp_path, num_classes=100, split="train")
     assert len(ds) == 5 and ds.num_classes == 100 and ds.classes[42] == "c42"
     assert [ds[i]["label"] for i in range(5)] == train[b"fine_labels"]
@@ -194,10 +152,12 @@ def test_cifar_errors(tmp_path: Path):
     (tmp_path / "test_batch").write_bytes(b"\x80\x02}q\x00(garbage")
     with pytest.raises(ValueError, match="corrupt CIFAR pickle"):
         CIFARClassification(tmp_path, split="test")
-    _dump(tmp_path / "test_batch", {b"data": _Exploit(), b"labels": [0]})
+    dump_cifar_pickle(tmp_path / "test_batch", {b"data": _Exploit(), b"labels": [0]})
     with pytest.raises(ValueError, match="forbidden global"):
         CIFARClassification(tmp_path, split="test")
-    _dump(tmp_path / "test_batch", {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
+    dump_cifar_pickle(
+        tmp_path / "test_batch", {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}
+    )
     with pytest.raises(ValueError, match="3072"):
         CIFARClassification(tmp_path, split="test")
 

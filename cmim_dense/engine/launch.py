@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import os.path as osp
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.runner import Runner
@@ -56,6 +58,36 @@ def enable_amp(cfg: Config, amp: str) -> None:
     wrapper.setdefault("loss_scale", "dynamic")
 
 
+def init_cpu_distributed(cfg: Config) -> None:
+    """Start the torchrun process group of a ``--launcher pytorch`` run without CUDA.
+
+    mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` and wraps the model in
+    DDP with ``device_ids=[LOCAL_RANK]``; both fail on CPU. A group started here makes the
+    Runner skip its own ``init_dist``, and a wrapper config without ``device_ids`` gives CPU DDP.
+    """
+    if cfg.launcher != "pytorch" or torch.cuda.is_available():
+        return
+    dist_cfg = cfg.get("env_cfg", {}).get("dist_cfg", {})
+    backend = dist_cfg.get("backend", "nccl")
+    if backend == "nccl":
+        raise ValueError(
+            "NCCL needs CUDA; for CPU processes add --cfg-options env_cfg.dist_cfg.backend=gloo"
+        )
+    if not dist.is_initialized():
+        timeout = dist_cfg.get("timeout")
+        kwargs = dict(timeout=datetime.timedelta(seconds=timeout)) if timeout else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    cfg.setdefault(
+        "model_wrapper_cfg",
+        dict(
+            type="MMDistributedDataParallel",
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get("find_unused_parameters", False),
+        ),
+    )
+
+
 def train(
     config: str,
     work_dir: str | None = None,
@@ -77,6 +109,7 @@ def train(
     elif resume:
         cfg.resume = True
         cfg.load_from = resume
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
@@ -131,6 +164,7 @@ def test(
         cfg.custom_hooks = hooks
     elif show_dir:
         raise ValueError("--show-dir draws dense predictions; this config is not a dense model")
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     if is_main_process():
