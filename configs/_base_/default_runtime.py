@@ -15,4 +15,4 @@ custom_hooks = [
     dict(type="NumClassesCheckHook"),
 ]
 vis_backends = [dict(type="LocalVisBackend")]
-visualizer = dict(type="Visualizer", vis_backends=vis_backends, name="visualizer")
+visualizer = dict(type="Visualizer", vis_backends=vis_backends)
