@@ -1,9 +1,14 @@
 """Shared test set-up."""
 
+from pathlib import Path
+
 import pytest
+import torch
 from mmengine.registry import init_default_scope
 
 import cmim_dense  # noqa: F401  (shims and registries before any test imports mmseg)
+from cmim_dense.datasets.prepare import prepare_nyud
+from cmim_dense.datasets.synth_nyud import generate_synth_nyud
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +20,29 @@ def mmseg_default_scope():
     """
     init_default_scope("mmseg")
     yield
+
+
+@pytest.fixture(scope="session")
+def synth_nyud_tree(tmp_path_factory) -> Path:
+    """A prepared 40-class NYUD-v2 tree of 16 generated 60x80 frames (9 train, 7 test).
+
+    ``generate_synth_nyud`` writes the official ``.mat`` files and ``prepare_nyud`` converts
+    them as ``tools/prepare_nyud.py`` does; built once per session, read-only for tests.
+    """
+    root = tmp_path_factory.mktemp("synth_nyud")
+    raw = generate_synth_nyud(root / "raw", 16, seed=0, size=(60, 80), crop_size=8, progress=False)
+    return prepare_nyud(raw.labeled, raw.splits, raw.mapping, root / "nyud", progress=False).out
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op torch thread for a module's tests, restored afterwards.
+
+    On a loaded 2-core machine, two OpenMP threads wait on each other: small convolutions
+    run up to 100x slower than on one thread. Use with
+    ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

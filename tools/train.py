@@ -11,6 +11,7 @@ from mmengine.config import DictAction
 
 import cmim_dense  # noqa: F401  (shims and registries)
 from cmim_dense.engine.launch import train
+from cmim_dense.models import CheckpointMismatchError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         train(args.config, args.work_dir, args.resume, args.amp, args.cfg_options, args.launcher)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

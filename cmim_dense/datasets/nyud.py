@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os.path as osp
 
+from mmengine import fileio
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
@@ -76,8 +77,23 @@ class NYUDv2Dataset(BaseSegDataset):
         )
 
     def load_data_list(self) -> list[dict]:
-        """Image and segmentation entries from mmseg, plus ``depth_map_path`` beside each."""
+        """Image and segmentation entries from mmseg, plus ``depth_map_path`` beside each.
+
+        Raises FileNotFoundError naming the folder if a data folder is missing or has no
+        image (mmseg would fail later, far from the cause).
+        """
+        for key, folder in self.data_prefix.items():
+            if folder and not fileio.isdir(folder, backend_args=self.backend_args):
+                raise FileNotFoundError(
+                    f"{type(self).__name__}: {key} folder {folder} not found; "
+                    "set data_root or run tools/prepare_nyud.py"
+                )
         data_list = super().load_data_list()
+        if not data_list:
+            raise FileNotFoundError(
+                f"{type(self).__name__}: no *{self.img_suffix} image in "
+                f"{self.data_prefix['img_path']}"
+            )
         depth_dir = self.data_prefix.get("depth_map_path")
         if depth_dir:
             img_dir = self.data_prefix["img_path"]

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.dist import is_main_process
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
 
 from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, write_run_metrics
@@ -58,12 +60,25 @@ def enable_amp(cfg: Config, amp: str) -> None:
     wrapper.setdefault("loss_scale", "dynamic")
 
 
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """MMDistributedDataParallel for CPU processes: SyncBN layers become BN first.
+
+    torch's SyncBatchNorm needs CUDA (DDP refuses it on CPU), so this does what the Runner
+    does for a non-distributed run; each process then keeps its own BN statistics.
+    """
+
+    def __init__(self, module: torch.nn.Module, **kwargs):
+        super().__init__(module=revert_sync_batchnorm(module), **kwargs)
+
+
 def init_cpu_distributed(cfg: Config) -> None:
     """Start the torchrun process group of a ``--launcher pytorch`` run without CUDA.
 
     mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` and wraps the model in
     DDP with ``device_ids=[LOCAL_RANK]``; both fail on CPU. A group started here makes the
-    Runner skip its own ``init_dist``, and a wrapper config without ``device_ids`` gives CPU DDP.
+    Runner skip its own ``init_dist``, and :class:`CPUDistributedDataParallel` without
+    ``device_ids`` gives CPU DDP.
     """
     if cfg.launcher != "pytorch" or torch.cuda.is_available():
         return
@@ -80,7 +95,7 @@ def init_cpu_distributed(cfg: Config) -> None:
     cfg.setdefault(
         "model_wrapper_cfg",
         dict(
-            type="MMDistributedDataParallel",
+            type="CPUDistributedDataParallel",
             device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get("find_unused_parameters", False),

@@ -1,0 +1,372 @@
+"""Transfer to NYUD-v2 end to end on a generated tree (``synth_nyud_tree``).
+
+A frozen pretrained binary backbone stays bit-identical while the heads learn; tools/test.py
+writes metrics.json, predictions and pictures; an interrupted and resumed run equals an
+uninterrupted one; bad input gives one ``error:`` line and exit 2; a 2-process gloo run
+completes. Runs go through the real Runner (the tools' ``main()`` in this process, torchrun for
+the distributed run) with configs that inherit ``configs/demo/nyud_synth.py`` by absolute path
+and shrink it: width-8 backbone, 16-channel heads, 60x80 frames, batch 2.
+"""
+
+from __future__ import annotations
+
+import math
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+from mmengine.runner.checkpoint import _load_checkpoint
+from mmseg.registry import MODELS
+
+from cmim_dense.engine.launch import train
+from cmim_dense.evaluation.report import read_run_metrics
+from cmim_dense.evaluation.visualize import load_predictions_npz
+from cmim_dense.models.backbones.bin_resnet import BinaryResNet, CheckpointMismatchError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TOOLS = REPO / "tools"
+MAX_ITERS = 4
+HEAD_PREFIXES = ("seg_head.", "depth_head.")
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _tool_main(name: str):
+    """``main(argv)`` of ``tools/<name>.py``."""
+    return runpy.run_path(str(TOOLS / f"{name}.py"), run_name=f"tools_{name}")["main"]
+
+
+def _save_backbone(path: Path, seed: int, **arch) -> dict[str, torch.Tensor]:
+    """A pretraining-style checkpoint of a random BinaryResNet (``backbone.*`` keys, plus a
+    classifier key the transfer must ignore). BN statistics are random too, so that loading
+    them and keeping them are both visible. Returns the backbone's state."""
+    torch.manual_seed(seed)
+    state = BinaryResNet(**arch).state_dict()
+    for key, value in state.items():
+        if key.endswith("running_mean"):
+            value.normal_()
+        elif key.endswith("running_var"):
+            value.uniform_(0.5, 2.0)
+        elif key.endswith("num_batches_tracked"):
+            value.fill_(1000)
+    ckpt = {f"backbone.{k}": v for k, v in state.items()}
+    ckpt["head.fc.weight"] = torch.zeros(4, arch.get("base_channels", 64) * 8)
+    torch.save(dict(state_dict=ckpt), path)
+    return state
+
+
+def _run_config(folder: Path, name: str, base: Path, body: str = "") -> Path:
+    """``<folder>/<name>.py`` inheriting ``base``. Each run needs its own ``name``: the file stem
+    names the run's logger, message hub and visualizer, which mmengine keeps per name in a
+    process."""
+    path = folder / f"{name}.py"
+    path.write_text(f"_base_ = [{str(base)!r}]\n{body}")
+    return path
+
+
+def _with_hooks(*hooks: dict) -> str:
+    """``custom_hooks`` of the project's runtime plus ``hooks``."""
+    base = Config.fromfile(CONFIGS / "_base_" / "default_runtime.py").custom_hooks
+    return f"custom_hooks = {[*base, *hooks]!r}\n"
+
+
+@pytest.fixture(scope="module")
+def transfer(tmp_path_factory, synth_nyud_tree: Path) -> dict:
+    """The tiny transfer config (``base.py``) and its pretrained backbone checkpoint."""
+    root = tmp_path_factory.mktemp("transfer")
+    arch = dict(depth=18, base_channels=8, output_stride=8)
+    pretrained = root / "pretrained.pth"
+    backbone = _save_backbone(pretrained, 1, **arch)
+    base = root / "base.py"
+    base.write_text(
+        f"""_base_ = [{str(CONFIGS / "demo" / "nyud_synth.py")!r}]
+data_root = {str(synth_nyud_tree)!r}
+crop_size = (60, 80)
+head = dict(in_channels=64, channels=16, dilations=(1, 2, 3, 4))
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(base_channels=8, pretrained={str(pretrained)!r}),
+    seg_head=head,
+    depth_head=head,
+)
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations"),
+    dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
+    dict(type="RandomResize", scale=(80, 60), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type="RandomCrop", crop_size=crop_size),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="PadSegDepth", size=(80, 60), pad_val=dict(img=0, seg=255, depth=0)),
+    dict(type="PackSegInputs"),
+]
+loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
+train_dataloader = dict(loader, dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(loader, dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+max_iters = {MAX_ITERS}
+param_scheduler = [dict(type="PolyLR", by_epoch=False, power=0.9, eta_min=1e-5, end=max_iters)]
+# validation is tools/test.py's job here
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters, val_begin=max_iters + 1)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=-1))
+log_processor = dict(window_size=1)
+"""
+    )
+    return dict(root=root, base=base, backbone=backbone)
+
+
+# -- frozen backbone -------------------------------------------------------------------------
+
+
+@HOOKS.register_module(force=True)
+class FrozenProbeHook(Hook):
+    """Records, for the frozen-transfer test: the model state when training starts, the names
+    of the parameters holding a gradient at each optimizer step, and per backbone forward
+    whether the backbone was in train mode and whether its outputs carry a graph."""
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self.start = {k: v.clone() for k, v in model.state_dict().items()}
+        self.with_grad: list[set[str]] = []
+        self.backbone_calls: list[tuple[bool, bool]] = []
+        names = {id(p): n for n, p in model.named_parameters()}
+
+        def before_step(optimizer, *_) -> None:
+            params = (p for group in optimizer.param_groups for p in group["params"])
+            self.with_grad.append({names[id(p)] for p in params if p.grad is not None})
+
+        def after_backbone(module, _, outputs) -> None:
+            self.backbone_calls.append((module.training, any(o.requires_grad for o in outputs)))
+
+        runner.optim_wrapper.optimizer.register_step_pre_hook(before_step)
+        model.backbone.register_forward_hook(after_backbone)
+
+
+@pytest.fixture(scope="module")
+def frozen_run(transfer) -> dict:
+    """4 iterations with the probe: the runner and its work dir (also the uninterrupted run
+    of the resume test)."""
+    config = _run_config(
+        transfer["root"], "full", transfer["base"], _with_hooks(dict(type="FrozenProbeHook"))
+    )
+    work_dir = transfer["root"] / "full"
+    runner = train(str(config), str(work_dir))
+    (probe,) = [h for h in runner.hooks if isinstance(h, FrozenProbeHook)]
+    return dict(runner=runner, probe=probe, work_dir=work_dir)
+
+
+def _part(state: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def test_frozen_backbone_is_bit_identical_and_heads_learn(transfer, frozen_run):
+    probe = frozen_run["probe"]
+    final = _load_checkpoint(str(frozen_run["work_dir"] / f"iter_{MAX_ITERS}.pth"))
+    final = final["state_dict"]
+    pretrained = transfer["backbone"]
+    # The pretrained weights and BN statistics were loaded, and are unchanged after training
+    # (running stats and num_batches_tracked too: the BN layers stayed in eval mode).
+    for state in (_part(probe.start, "backbone."), _part(final, "backbone.")):
+        assert state.keys() == pretrained.keys()
+        changed = [k for k, v in pretrained.items() if not torch.equal(v, state[k])]
+        assert not changed
+    # No backbone parameter ever held a gradient; every head parameter did, at every step.
+    model = frozen_run["runner"].model
+    head_params = {n for n, _ in model.named_parameters() if n.startswith(HEAD_PREFIXES)}
+    assert len(probe.with_grad) == MAX_ITERS
+    assert all(names == head_params for names in probe.with_grad)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    # One backbone forward per step, in eval mode, without a graph.
+    assert probe.backbone_calls == [(False, False)] * MAX_ITERS
+    # The heads changed: every weight, and the BN statistics of the (training) heads.
+    for name in head_params:
+        assert not torch.equal(probe.start[name], final[name]), name
+    for head in ("seg_head", "depth_head"):
+        key = f"{head}.bottleneck.bn.running_mean"
+        assert not torch.equal(probe.start[key], final[key]), key
+
+
+# -- evaluation through tools/test.py ---------------------------------------------------------
+
+
+def test_tools_test_writes_metrics_predictions_and_pictures(
+    transfer, frozen_run, synth_nyud_tree, tmp_path
+):
+    checkpoint = str(frozen_run["work_dir"] / f"iter_{MAX_ITERS}.pth")
+    config = _run_config(transfer["root"], "evaluate", transfer["base"])
+    run_dir, show_dir = tmp_path / "eval", tmp_path / "show"
+    argv = [str(config), checkpoint, "--work-dir", str(run_dir), "--show-dir", str(show_dir)]
+    assert _tool_main("test")(argv) == 0
+
+    record = read_run_metrics(run_dir)
+    assert record["checkpoint"] == checkpoint and record["name"] == "evaluate"
+    assert record["meta"]["binarizer"] == "irnet"
+    metrics = record["metrics"]
+    assert 0 <= metrics["mIoU"] <= 100
+    assert 0 < metrics["rmse"] < 10  # the depth head's range is (0, 10) m
+    assert metrics["neg_log_rmse"] == pytest.approx(-math.log(metrics["rmse"]), rel=1e-12)
+
+    names = sorted(p.stem for p in (synth_nyud_tree / "images" / "test").glob("*.png"))
+    assert len(names) == 7
+    # every test image gets arrays (up to the hook's 8) and a picture at its original size
+    assert sorted(p.stem for p in (run_dir / "predictions").glob("*.npz")) == names
+    arrays = load_predictions_npz(run_dir / "predictions" / f"{names[0]}.npz")
+    for key in ("rgb", "gt_seg", "pred_seg", "gt_depth", "pred_depth"):
+        assert arrays[key].shape[:2] == (60, 80), key
+    assert sorted(p.stem for p in show_dir.glob("*.png")) == names
+    panel = cv2.imread(str(show_dir / f"{names[0]}.png"), cv2.IMREAD_COLOR)
+    assert panel.shape == (60, 5 * 80, 3)  # RGB | GT seg | pred seg | GT depth | pred depth
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+
+@HOOKS.register_module(force=True)
+class StopAfterIterHook(Hook):
+    """Ends training after ``iters`` iterations (their checkpoint saved): an interrupted run."""
+
+    def __init__(self, iters: int):
+        self.iters = iters
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 >= self.iters:
+            runner.train_loop.stop_training = True
+
+
+def test_resume_matches_uninterrupted_run(transfer, frozen_run):
+    """2 iterations, interrupted, resumed to 4 == 4 in one go, bit for bit.
+
+    Both runs keep max_iters=4 (the PolyLR schedule depends on it). Resume restores the
+    sampler position by drawing the first 2 batches again, which also replays the random
+    transforms' draws from the global numpy RNG that the seed set.
+    """
+    root, base = transfer["root"], transfer["base"]
+    train_main = _tool_main("train")
+    work_dir = root / "part"
+    interrupted = _run_config(
+        root, "interrupted", base, _with_hooks(dict(type="StopAfterIterHook", iters=2))
+    )
+    assert train_main([str(interrupted), "--work-dir", str(work_dir)]) == 0
+    assert (work_dir / "iter_2.pth").is_file() and not (work_dir / "iter_4.pth").exists()
+    resumed = _run_config(root, "resumed", base)
+    assert train_main([str(resumed), "--work-dir", str(work_dir), "--resume"]) == 0
+
+    logs = sorted(work_dir.glob("*/*.log"))
+    assert "resumed epoch: 0, iter: 2" in logs[-1].read_text()
+    full = _load_checkpoint(str(frozen_run["work_dir"] / "iter_4.pth"))
+    part = _load_checkpoint(str(work_dir / "iter_4.pth"))
+    assert full["meta"]["iter"] == part["meta"]["iter"] == MAX_ITERS
+    assert full["state_dict"].keys() == part["state_dict"].keys()
+    different = [
+        k for k, v in full["state_dict"].items() if not torch.equal(v, part["state_dict"][k])
+    ]
+    assert not different
+    assert full["optimizer"]["state"].keys() == part["optimizer"]["state"].keys()
+    for key, state in full["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], part["optimizer"]["state"][key]["exp_avg"]), key
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def _expect_error(capsys, argv: list[str], *needles: str) -> str:
+    """tools/train.py exits 2 with one ``error:`` line (no traceback) holding ``needles``."""
+    assert _tool_main("train")(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    line = err.splitlines()[-1]
+    assert line.startswith("error: "), err
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def test_wrong_depth_checkpoint_exits_2(transfer, tmp_path, capsys):
+    ckpt = tmp_path / "r34.pth"
+    _save_backbone(ckpt, 2, depth=34, base_channels=8, output_stride=8)
+    config = _run_config(tmp_path, "wrong_depth", transfer["base"])
+    argv = [str(config), "--work-dir", str(tmp_path / "w")]
+    argv += ["--cfg-options", f"model.backbone.pretrained={ckpt}"]
+    _expect_error(capsys, argv, str(ckpt), "BinaryResNet-18", "unexpected key(s) [stages.")
+
+
+def test_wrong_width_checkpoint_names_the_shapes(transfer, tmp_path):
+    ckpt = tmp_path / "wide.pth"
+    _save_backbone(ckpt, 3, depth=18, base_channels=16, output_stride=8)
+    model_cfg = Config.fromfile(transfer["base"]).model
+    model_cfg.backbone.pretrained = str(ckpt)
+    model = MODELS.build(model_cfg)
+    with pytest.raises(CheckpointMismatchError, match=r"channels \(8, 16, 32, 64\).*wrong shape"):
+        model.init_weights()
+
+
+@pytest.mark.parametrize(
+    ("case", "remove"),
+    [("no_root", "."), ("no_annotations", "annotations/train"), ("no_images", "images/train/*")],
+)
+def test_missing_data_exits_2_naming_the_folder(
+    transfer, synth_nyud_tree, tmp_path, capsys, case: str, remove: str
+):
+    """A copy of the train split without its root, its annotations folder or its images."""
+    root = tmp_path / "nyud"
+    shutil.copytree(synth_nyud_tree, root)
+    folder = root / remove.removesuffix("/*")
+    if remove.endswith("/*"):
+        for png in folder.iterdir():
+            png.unlink()
+    else:
+        shutil.rmtree(folder)
+    config = _run_config(tmp_path, case, transfer["base"])
+    argv = [str(config), "--work-dir", str(tmp_path / "w")]
+    argv += ["--cfg-options", f"train_dataloader.dataset.data_root={root}"]
+    shown = root / "images" / "train" if case == "no_root" else folder
+    _expect_error(capsys, argv, "NYUDv2Dataset", str(shown))
+
+
+def test_num_classes_mismatch_exits_2(transfer, tmp_path, capsys):
+    config = _run_config(tmp_path, "num_classes", transfer["base"])
+    argv = [str(config), "--work-dir", str(tmp_path / "w")]
+    argv += ["--cfg-options", "model.seg_head.num_classes=13"]
+    _expect_error(capsys, argv, "num_classes=13", "NYUDv2Dataset has 40 classes")
+
+
+# -- distributed ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(transfer, tmp_path):
+    """torchrun x 2 on CPU through tools/train.py: trains, saves, keeps the backbone frozen.
+
+    The heads' SyncBN cannot run on CPU; the launcher's CPU DDP wrapper makes it BN.
+    """
+    config = _run_config(tmp_path, "dist", transfer["base"], "train_cfg = dict(max_iters=2)\n")
+    work_dir = tmp_path / "work"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    cmd += [str(TOOLS / "train.py"), str(config), "--launcher", "pytorch"]
+    cmd += ["--work-dir", str(work_dir), "--cfg-options", "env_cfg.dist_cfg.backend=gloo"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (log,) = work_dir.glob("*/*.log")
+    text = log.read_text()
+    assert "Distributed training: True" in text and "GPU number: 2" in text  # world size
+    assert "Iter(train) [2/2]" in text
+    state = _load_checkpoint(str(work_dir / "iter_2.pth"))["state_dict"]
+    backbone = _part(state, "backbone.")
+    assert all(torch.equal(v, backbone[k]) for k, v in transfer["backbone"].items())
