@@ -31,6 +31,11 @@ class BinarizerProgressHook(Hook):
             if isinstance(module, Binarizer):
                 module.set_progress(min(max(progress, 0.0), 1.0))
 
+    def before_train(self, runner) -> None:
+        # Also right after a resume, so the schedule is never stale until the next interval.
+        if isinstance(runner.train_loop, IterBasedTrainLoop):
+            self._set(runner, runner.iter / max(runner.max_iters, 1))
+
     def before_train_epoch(self, runner) -> None:
         if not isinstance(runner.train_loop, IterBasedTrainLoop):
             self._set(runner, runner.epoch / max(runner.max_epochs, 1))
