@@ -36,8 +36,10 @@ class DemoSettings:
     work_dir: Path
     data_dir: Path = Path("data/synth_nyud")
     frames: int = 400
-    size: tuple[int, int] = (120, 160)
-    crop_size: int = 32
+    # Rendered at 240x320 so the object crops keep their texture; the transfer config
+    # resizes frames to 120x160.
+    size: tuple[int, int] = (240, 320)
+    crop_size: int = 48
     seed: int = 0
     cmim_lambda: float = 0.4
     config_root: Path = Path(".")

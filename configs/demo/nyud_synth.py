@@ -1,16 +1,28 @@
-# Demo transfer: the main job's model and data pipeline at demo scale, on the synthetic
-# NYUD-format set: the narrow backbone of configs/demo/pretrain_crops.py, frozen, small
-# ASPP heads, 120x160 frames, Adam instead of the paper's slow SGD 0.001 so that it
-# converges in a couple of CPU minutes.
+# Demo transfer: the main job's data pipeline at demo scale, on the synthetic NYUD-format
+# set: the narrow backbone of configs/demo/pretrain_crops.py, frozen, with DeepLabV3+ heads
+# (ASPP + the stride-4 stage-1 features), frames resized to 120x160, an L1 depth loss, and
+# Adam instead of the paper's slow SGD 0.001 so that it converges in a few CPU minutes.
 _base_ = ["../nyud_deeplab_bin_r18.py"]
 data_root = "data/synth_nyud/nyud"
 crop_size = (120, 160)
-head = dict(in_channels=128, channels=64, dilations=(1, 3, 6, 9), dropout_ratio=0.0)
+head = dict(
+    in_channels=128,
+    in_index=3,
+    channels=128,
+    dilations=(1, 3, 6, 9),
+    c1_in_channels=16,
+    c1_channels=48,
+    dropout_ratio=0.0,
+)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(base_channels=16, output_stride=8),
-    seg_head=head,
-    depth_head=head,
+    seg_head=dict(type="DepthwiseSeparableASPPHead", **head),
+    depth_head=dict(
+        type="DepthDepthwiseSeparableASPPHead",
+        loss_decode=dict(_delete_=True, type="MaskedL1Loss"),
+        **head,
+    ),
 )
 train_pipeline = [
     dict(type="LoadImageFromFile"),
@@ -24,6 +36,8 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=(160, 120), keep_ratio=True),
+    # annotations load after Resize: evaluation uses full-resolution ground truth
     dict(type="LoadAnnotations"),
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
     dict(type="PackSegInputs"),
@@ -39,9 +53,9 @@ val_dataloader = dict(
     dataset=dict(data_root=data_root, pipeline=test_pipeline),
 )
 test_dataloader = val_dataloader
-max_iters = 600
+max_iters = 500
 optim_wrapper = dict(
-    _delete_=True, type="OptimWrapper", optimizer=dict(type="AdamW", lr=2e-3, weight_decay=1e-4)
+    _delete_=True, type="OptimWrapper", optimizer=dict(type="AdamW", lr=4e-3, weight_decay=1e-4)
 )
 param_scheduler = [dict(type="PolyLR", by_epoch=False, power=0.9, eta_min=1e-5, end=max_iters)]
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
