@@ -198,3 +198,39 @@ def test_context_manager_detaches_on_exception():
 def test_taps_need_layers():
     with pytest.raises(ValueError, match="at least one"):
         ActivationTaps([])
+
+
+def test_binary_weight_cached_without_autograd_and_refreshed_on_change():
+    conv = BinaryConv2d(3, 4, 3, padding=1, binarizer="irnet")
+    calls = []
+    original = conv.binarizer.binarize_weight
+
+    def counting(w):
+        calls.append(1)
+        return original(w)
+
+    conv.binarizer.binarize_weight = counting
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        first = conv(x)
+        second = conv(x)
+        assert len(calls) == 1 and torch.equal(first, second)
+        conv.weight.mul_(-1)  # an in-place update (what an optimizer step does)
+        flipped = conv(x)
+        assert len(calls) == 2 and torch.allclose(flipped, -first, atol=1e-6)
+        conv.load_state_dict(
+            {
+                "weight": torch.randn_like(conv.weight),
+                **{f"binarizer.{k}": v for k, v in conv.binarizer.state_dict().items()},
+            }
+        )
+        conv(x)
+        assert len(calls) == 3
+        conv.binarizer.set_progress(0.5)  # binarizer state changes invalidate the cache too
+        conv(x)
+        assert len(calls) == 4
+    out = conv(x)  # with autograd: recomputed every time, and gradients flow
+    conv(x)
+    assert len(calls) == 6
+    out.sum().backward()
+    assert conv.weight.grad is not None

@@ -93,7 +93,7 @@ def transfer(tmp_path_factory, synth_nyud_tree: Path) -> dict:
         f"""_base_ = [{str(CONFIGS / "demo" / "nyud_synth.py")!r}]
 data_root = {str(synth_nyud_tree)!r}
 crop_size = (60, 80)
-head = dict(in_channels=64, channels=16, dilations=(1, 2, 3, 4))
+head = dict(in_channels=64, channels=16, dilations=(1, 2, 3, 4), c1_in_channels=8, c1_channels=8)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(base_channels=8, pretrained={str(pretrained)!r}),

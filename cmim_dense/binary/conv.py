@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -41,12 +42,34 @@ class BinaryConv2d(nn.Conv2d):
         )
         self.binarizer = build_binarizer(binarizer, in_channels, out_channels, self.kernel_size)
         self.tap: TapFn | None = None
+        self._weight_cache: tuple[tuple, Tensor] | None = None
+
+    def _weight_state(self) -> tuple:
+        # Storage and in-place version counter of every tensor the binary weight depends
+        # on: an optimizer step, load_state_dict or .to() changes one of them.
+        tensors = [self.weight, *self.binarizer.parameters(), *self.binarizer.buffers()]
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def binary_weight(self) -> Tensor:
+        """The binarized weight (C_out, C_in, kh, kw).
+
+        Without autograd (evaluation, a frozen backbone) it is computed once and reused
+        until the weight or the binarizer's state changes, which saves re-binarizing fixed
+        weights every forward (about a third of a frozen ResNet-18 forward on CPU).
+        """
+        if torch.is_grad_enabled():
+            self._weight_cache = None
+            return self.binarizer.binarize_weight(self.weight)
+        state = self._weight_state()
+        if self._weight_cache is None or self._weight_cache[0] != state:
+            self._weight_cache = (state, self.binarizer.binarize_weight(self.weight))
+        return self._weight_cache[1]
 
     def forward(self, a_real: Tensor) -> Tensor:
         a_bin = self.binarizer.binarize_activation(a_real)
         if self.tap is not None:
             self.tap(self, a_real, a_bin)
-        w_bin = self.binarizer.binarize_weight(self.weight)
+        w_bin = self.binary_weight()
         return F.conv2d(
             a_bin, w_bin, self.bias, self.stride, self.padding, self.dilation, self.groups
         )

@@ -16,7 +16,8 @@ class BinarizerProgressHook(Hook):
 
     Epoch-based loops report ``epoch / max_epochs`` before each epoch (IR-Net's EDE
     schedule is per epoch); iteration-based loops report ``iter / max_iters`` every
-    ``interval`` iterations.
+    ``interval`` iterations. The binarizers keep their schedule state in buffers, so a
+    resumed run continues exactly where the checkpoint left it.
     """
 
     priority = "NORMAL"
@@ -30,11 +31,6 @@ class BinarizerProgressHook(Hook):
         for module in model.modules():
             if isinstance(module, Binarizer):
                 module.set_progress(min(max(progress, 0.0), 1.0))
-
-    def before_train(self, runner) -> None:
-        # Also right after a resume, so the schedule is never stale until the next interval.
-        if isinstance(runner.train_loop, IterBasedTrainLoop):
-            self._set(runner, runner.iter / max(runner.max_iters, 1))
 
     def before_train_epoch(self, runner) -> None:
         if not isinstance(runner.train_loop, IterBasedTrainLoop):
