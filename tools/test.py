@@ -8,10 +8,8 @@ import argparse
 import json
 import sys
 
-from mmengine.config import DictAction
-
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.launch import test
+from cmim_dense.engine.launch import add_common_args, test
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,9 +19,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="run directory: metrics.json and predictions/ go here")
     parser.add_argument("--show-dir", help="save a picture of every test image's predictions")
     parser.add_argument("--name", help="run name in metrics.json and reports (default: config)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
-    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    add_common_args(parser)
     return parser.parse_args(argv)
 
 

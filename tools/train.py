@@ -7,10 +7,8 @@ python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp auto|on|o
 import argparse
 import sys
 
-from mmengine.config import DictAction
-
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.launch import train
+from cmim_dense.engine.launch import add_common_args, train
 from cmim_dense.models import CheckpointMismatchError
 
 
@@ -25,9 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="resume from CKPT, or from the latest checkpoint of the work dir if no CKPT",
     )
     parser.add_argument("--amp", default="auto", choices=["auto", "on", "off"])
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
-    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    add_common_args(parser)
     return parser.parse_args(argv)
 
 

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmim_dense.binary.base import Binarizer
 from cmim_dense.binary.functions import ede_sign, sign_ste
-from cmim_dense.binary.irnet import ede_schedule
+from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
 
 @BINARIZERS.register_module(name="adabin")
-class AdaBinBinarizer(Binarizer):
+class AdaBinBinarizer(EDEScheduledBinarizer):
     """Binary sets centred at beta with half-width alpha, for weights and activations.
 
     Weights, per output channel (n = C_in * kh * kw):
@@ -36,19 +35,10 @@ class AdaBinBinarizer(Binarizer):
         t_min, t_max: EDE schedule range for the weight sign.
     """
 
-    def __init__(self, *args, t_min: float = 0.1, t_max: float = 10.0, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.t_min, self.t_max = t_min, t_max
-        t, k = ede_schedule(0.0, t_min, t_max)
-        self.register_buffer("t", torch.tensor(t))
-        self.register_buffer("k", torch.tensor(k))
         self.alpha_a = nn.Parameter(torch.tensor(1.0))
         self.beta_a = nn.Parameter(torch.tensor(0.0))
-
-    def set_progress(self, progress: float) -> None:
-        t, k = ede_schedule(progress, self.t_min, self.t_max)
-        self.t.fill_(t)
-        self.k.fill_(k)
 
     @staticmethod
     def weight_set(w: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,16 +19,15 @@ def ede_schedule(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> tu
     return t, max(1.0 / t, 1.0)
 
 
-@BINARIZERS.register_module(name="irnet")
-class IRNetBinarizer(Binarizer):
-    """Libra-PB weights and EDE gradients for weights and activations.
+class EDEScheduledBinarizer(Binarizer):
+    """A binarizer whose sign backward is EDE's, with the epoch-dependent (t, k) of IR-Net.
 
-    Forward:
-        W_std = (W - mean) / std per output channel,
-        W_B = sign(W_std) * 2^round(log2(mean(|W_std|))),  a_B = sign(a).
-    Backward (both): g = k t (1 - tanh(t x)^2) with (t, k) from :func:`ede_schedule`,
-    updated every epoch by :class:`~cmim_dense.engine.BinarizerProgressHook`.
-    t and k are buffers, so a resumed run continues with the same schedule.
+    t and k are buffers, set by :meth:`set_progress` (driven by
+    :class:`~cmim_dense.engine.BinarizerProgressHook`), so a resumed run continues with the
+    same schedule.
+
+    Args:
+        t_min, t_max: the schedule's range of t (IR-Net: 0.1 and 10).
     """
 
     def __init__(self, *args, t_min: float = 0.1, t_max: float = 10.0, **kwargs):
@@ -42,6 +41,18 @@ class IRNetBinarizer(Binarizer):
         t, k = ede_schedule(progress, self.t_min, self.t_max)
         self.t.fill_(t)
         self.k.fill_(k)
+
+
+@BINARIZERS.register_module(name="irnet")
+class IRNetBinarizer(EDEScheduledBinarizer):
+    """Libra-PB weights and EDE gradients for weights and activations.
+
+    Forward:
+        W_std = (W - mean) / std per output channel,
+        W_B = sign(W_std) * 2^round(log2(mean(|W_std|))),  a_B = sign(a).
+    Backward (both): g = k t (1 - tanh(t x)^2) with (t, k) from :func:`ede_schedule`,
+    updated every epoch by :class:`~cmim_dense.engine.BinarizerProgressHook`.
+    """
 
     def binarize_activation(self, x: Tensor) -> Tensor:
         return ede_sign(x, self.t, self.k)

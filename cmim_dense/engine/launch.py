@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os.path as osp
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import Runner
 
 from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, write_run_metrics
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options that ``tools/train.py`` and ``tools/test.py`` share."""
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
 
 
 def load_config(
