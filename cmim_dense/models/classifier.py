@@ -155,26 +155,35 @@ class BinaryImageClassifier(BaseModel):
             return [dict(pred_logits=lg, gt_label=lb) for lg, lb in zip(logits, labels)]
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
+    def tapped_logits(self, inputs: Tensor) -> tuple[Tensor, list | None]:
+        """One backbone forward: logits (N, num_classes) and the CMIM (a_F, a_B) pairs
+        (None when CMIM is off)."""
+        if self.taps is None:
+            return self.extract_logits(inputs), None
+        with self.taps:
+            logits = self.extract_logits(inputs)
+            return logits, self.taps.pop()
+
+    def regularizer_losses(self, pairs: list | None, index: Tensor | None) -> dict[str, Tensor]:
+        """The label-free terms every recipe adds: ``loss_cmim`` and ``loss_lns``."""
+        losses = {}
+        if pairs is not None:
+            losses["loss_cmim"] = self.cmim_lambda * self.cmim(pairs, index)
+        if self.lns_weight > 0:
+            losses["loss_lns"] = self.lns_weight * lns_noisy_label_loss(self.backbone)
+        return losses
+
     def loss(self, inputs: Tensor, label: Tensor | None, index: Tensor | None) -> dict[str, Tensor]:
         """The loss terms of one step; one backbone forward."""
-        if self.taps is None:
-            logits = self.extract_logits(inputs)
-            pairs = None
-        else:
-            with self.taps:
-                logits = self.extract_logits(inputs)
-                pairs = self.taps.pop()
+        logits, pairs = self.tapped_logits(inputs)
         losses = {}
         if label is not None:
             losses["loss_cls"] = F.cross_entropy(logits, label)
-        if pairs is not None:
-            losses["loss_cmim"] = self.cmim_lambda * self.cmim(pairs, index)
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(inputs)
             losses["loss_distill"] = self.distill(logits, teacher_logits)
-        if self.lns_weight > 0:
-            losses["loss_lns"] = self.lns_weight * lns_noisy_label_loss(self.backbone)
+        losses.update(self.regularizer_losses(pairs, index))
         if not losses:
             raise ValueError("no loss to compute: the batch has no labels and there is no teacher")
         return losses

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from cmim_dense.binary.lns import lns_noisy_label_loss
 from cmim_dense.models.classifier import BinaryImageClassifier
 
 
@@ -165,25 +164,16 @@ class S2BNNClassifier(BinaryImageClassifier):
                 "UnlabeledDataset(num_views=2)"
             )
 
-        if self.taps is None:
-            logits = self.extract_logits(inputs)
-            pairs = None
-        else:
-            with self.taps:
-                logits = self.extract_logits(inputs)
-                pairs = self.taps.pop()
+        logits, pairs = self.tapped_logits(inputs)
         with torch.no_grad():
             teacher_out = self.teacher(inputs)
         losses = {
             "loss_distill": self.distill(self._calibrated(logits), self._calibrated(teacher_out))
         }
-        if pairs is not None:
-            losses["loss_cmim"] = self.cmim_lambda * self.cmim(pairs, index)
         if self.contrastive_weight > 0:
             views = logits.view(n, num_views, -1)
             losses["loss_contrast"] = self.contrastive_weight * info_nce_loss(
                 views[:, 0], views[:, 1], self.contrastive_temperature
             )
-        if self.lns_weight > 0:
-            losses["loss_lns"] = self.lns_weight * lns_noisy_label_loss(self.backbone)
+        losses.update(self.regularizer_losses(pairs, index))
         return losses
