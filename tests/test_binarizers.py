@@ -10,10 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from mmengine.model import BaseModel
-from mmengine.runner import IterBasedTrainLoop, Runner
+from _binary_helpers import ToyBinaryNet, grad_of, train_toy
+from mmengine.runner import IterBasedTrainLoop
 from torch import nn
-from torch.utils.data import Dataset
 
 from cmim_dense.binary import (
     BinaryConv2d,
@@ -34,14 +33,6 @@ SCALED_MEAN_ABS = ["xnor", "bireal", "react"]
 
 def make(name: str | dict, in_channels: int = 2, out_channels: int = 2):
     return build_binarizer(name, in_channels, out_channels, (1, 2))
-
-
-def grad_of(fn, x: torch.Tensor, upstream: torch.Tensor | None = None) -> torch.Tensor:
-    """d sum(upstream * fn(x)) / dx."""
-    x = x.detach().clone().requires_grad_(True)
-    y = fn(x)
-    y.backward(torch.ones_like(y) if upstream is None else upstream)
-    return x.grad
 
 
 # Two output channels of four weights each, shape (2, 2, 1, 2).
@@ -290,52 +281,16 @@ def test_unknown_binarizer_lists_registered():
 # ---------------------------------------------------------------- progress hook
 
 
-class _ToyBinaryNet(BaseModel):
-    """One irnet BinaryConv2d; records the EDE (t, k) seen at every training step."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = BinaryConv2d(2, 1, 1, binarizer="irnet")
-        self.seen: list[tuple[float, float]] = []
-
-    def forward(self, inputs, mode="tensor"):
-        out = self.conv(inputs)
-        if mode == "loss":
-            self.seen.append((self.conv.binarizer.t.item(), self.conv.binarizer.k.item()))
-            return dict(loss=out.pow(2).mean())
-        return out
-
-
-class _ToyImages(Dataset):
-    def __len__(self):
-        return 4
-
-    def __getitem__(self, i):
-        return dict(inputs=torch.full((2, 2, 2), float(i) - 1.5))
-
-
 def test_progress_hook_drives_irnet_per_epoch(tmp_path):
-    model = _ToyBinaryNet()
-    runner = Runner(
-        model=model,
-        work_dir=str(tmp_path),
-        experiment_name="progress_hook_epochs",
-        train_dataloader=dict(
-            dataset=_ToyImages(),
-            sampler=dict(type="DefaultSampler", shuffle=False),
-            batch_size=2,
-            collate_fn=dict(type="default_collate"),
-        ),
-        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
-        train_cfg=dict(by_epoch=True, max_epochs=2),
-        default_hooks=dict(checkpoint=None, logger=None),
-        custom_hooks=[dict(type="BinarizerProgressHook")],
-        default_scope=None,  # a DefaultScope would outlive the test and redirect later builds
+    seen: list[tuple[float, float]] = []
+    model = ToyBinaryNet(
+        "irnet", 1, 1, lambda conv: seen.append((conv.binarizer.t.item(), conv.binarizer.k.item()))
     )
-    runner.train()
+    hooks = [dict(type="BinarizerProgressHook")]
+    train_toy(model, tmp_path / "progress_hook_epochs", hooks, 0.01, 2)
     # Epoch 0: progress 0 -> (0.1, 10); epoch 1: progress 1/2 -> t = 0.1 * 10^1 = 1, k = 1.
     expected = [(0.1, 10.0), (0.1, 10.0), (1.0, 1.0), (1.0, 1.0)]
-    assert model.seen == [pytest.approx(e, rel=1e-6) for e in expected]
+    assert seen == [pytest.approx(e, rel=1e-6) for e in expected]
 
 
 def test_progress_hook_iteration_based():

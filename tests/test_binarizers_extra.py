@@ -11,10 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from mmengine.model import BaseModel
-from mmengine.runner import IterBasedTrainLoop, Runner
+from _binary_helpers import ToyBinaryNet, grad_of, train_toy
+from mmengine.runner import IterBasedTrainLoop
 from torch import nn
-from torch.utils.data import Dataset
 
 from cmim_dense.binary import BinaryConv2d, build_binarizer, hard_sign, list_binarizers
 from cmim_dense.binary.adabin import Maxout
@@ -33,14 +32,6 @@ SQRT2 = math.sqrt(2.0)
 
 def make(name: str | dict, in_channels: int = 2, out_channels: int = 2, kernel=(1, 2)):
     return build_binarizer(name, in_channels, out_channels, kernel)
-
-
-def grad_of(fn, x: torch.Tensor, upstream: torch.Tensor | None = None) -> torch.Tensor:
-    """d sum(upstream * fn(x)) / dx."""
-    x = x.detach().clone().requires_grad_(True)
-    y = fn(x)
-    y.backward(torch.ones_like(y) if upstream is None else upstream)
-    return x.grad
 
 
 def clipped_ste(v: torch.Tensor) -> torch.Tensor:
@@ -312,48 +303,12 @@ def test_rbnn_hook_schedule_epochs_and_iterations():
         RBNNRotationHook(num_steps=0)
 
 
-class _ToyRBNNNet(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.conv = BinaryConv2d(2, 2, 3, padding=1, binarizer="rbnn")
-        self.r1_seen: list[torch.Tensor] = []
-
-    def forward(self, inputs, mode="tensor"):
-        out = self.conv(inputs)
-        if mode == "loss":
-            self.r1_seen.append(self.conv.binarizer.R1.clone())
-            return dict(loss=out.pow(2).mean())
-        return out
-
-
-class _ToyImages(Dataset):
-    def __len__(self):
-        return 4
-
-    def __getitem__(self, i):
-        return dict(inputs=torch.full((2, 3, 3), float(i) - 1.5))
-
-
 def test_rbnn_hook_in_runner(tmp_path):
-    model = _ToyRBNNNet()
+    seen: list[torch.Tensor] = []
+    model = ToyBinaryNet("rbnn", 2, 3, lambda conv: seen.append(conv.binarizer.R1.clone()))
     initial = model.conv.binarizer.R1.clone()
-    runner = Runner(
-        model=model,
-        work_dir=str(tmp_path),
-        experiment_name="rbnn_hook",
-        train_dataloader=dict(
-            dataset=_ToyImages(),
-            sampler=dict(type="DefaultSampler", shuffle=False),
-            batch_size=2,
-            collate_fn=dict(type="default_collate"),
-        ),
-        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.1)),
-        train_cfg=dict(by_epoch=True, max_epochs=2),
-        default_hooks=dict(checkpoint=None, logger=None),
-        custom_hooks=[dict(type="RBNNRotationHook"), dict(type="BinarizerProgressHook")],
-    )
-    runner.train()
-    seen = model.r1_seen
+    hooks = [dict(type="RBNNRotationHook"), dict(type="BinarizerProgressHook")]
+    train_toy(model, tmp_path / "rbnn_hook", hooks, 0.1, 3)
     assert len(seen) == 4
     assert not torch.equal(seen[0], initial)  # updated before the first iteration
     assert torch.equal(seen[0], seen[1]) and torch.equal(seen[2], seen[3])  # once per epoch
