@@ -3,7 +3,8 @@
 Stages (each skipped when its output is already there, so a rerun after a crash or
 Ctrl-C continues where it stopped; a stage cut mid-training resumes from its checkpoint):
 
-1. generate the synthetic labelled ``.mat`` + object crops, and convert it to an NYUD tree;
+1. generate the synthetic labelled ``.mat`` + object crops, and convert it to an NYUD tree
+   (regenerated when the data folder was made with other settings);
 2. for CMIM on and off: pretrain the binary ResNet-18 on the crops, evaluate top-1;
 3. train the frozen-backbone DeepLab heads on the synthetic NYUD tree, evaluate;
 4. write the report (table, Fig. 5, qualitative grid) and compare with trivial baselines.
@@ -11,6 +12,8 @@ Ctrl-C continues where it stopped; a stage cut mid-training resumes from its che
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +24,15 @@ from cmim_dense.datasets.prepare import prepare_nyud
 from cmim_dense.datasets.synth_nyud import generate_synth_nyud
 from cmim_dense.engine.launch import test, train
 from cmim_dense.evaluation.baselines import majority_class_baseline, mean_depth_baseline
+from cmim_dense.evaluation.io import write_json_atomic
 from cmim_dense.evaluation.report import METRICS_FILE, build_report, read_run_metrics
 
 PRETRAIN_CONFIG = "configs/demo/pretrain_crops.py"
 TRANSFER_CONFIG = "configs/demo/nyud_synth.py"
 MIOU_TARGET = 50.0
 RMSE_FRACTION_TARGET = 0.5
+DATA_STAMP = "synth_settings.json"
+RUN_STAMP = "demo_settings.json"
 
 
 @dataclass(frozen=True)
@@ -35,37 +41,79 @@ class DemoSettings:
 
     work_dir: Path
     data_dir: Path = Path("data/synth_nyud")
-    frames: int = 400
-    # Rendered at 240x320 so the object crops keep their texture; the transfer config
-    # resizes frames to 120x160.
-    size: tuple[int, int] = (240, 320)
-    crop_size: int = 48
+    # Frames at the transfer resolution (the frozen-head results grow with the number of
+    # training frames more than with their size); the object crops come from the same frames.
+    frames: int = 2400
+    size: tuple[int, int] = (120, 160)
+    crop_size: int = 32
     seed: int = 0
-    cmim_lambda: float = 0.4
+    cmim_lambda: float = 0.1
     config_root: Path = Path(".")
+
+    def data_settings(self) -> dict:
+        """What the generated data depends on."""
+        return dict(
+            frames=self.frames, size=list(self.size), crop_size=self.crop_size, seed=self.seed
+        )
+
+    def run_settings(self) -> dict:
+        """What the demo's results depend on."""
+        return dict(self.data_settings(), cmim_lambda=self.cmim_lambda)
 
 
 def _log(start: float, message: str) -> None:
     print(f"[demo {time.perf_counter() - start:6.0f} s] {message}", flush=True)
 
 
+def _read_stamp(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def ensure_data(settings: DemoSettings, start: float) -> tuple[Path, Path]:
-    """Generate and convert the synthetic set unless present; returns (nyud_root, crops_root)."""
-    raw = settings.data_dir / "raw"
-    labeled = raw / "nyu_depth_v2_labeled.mat"
-    if not (labeled.is_file() and (raw / "crops" / "val").is_dir()):
-        _log(start, f"generating {settings.frames} synthetic frames into {raw}")
+    """Generate and convert the synthetic set unless it is there with the same settings;
+    returns (nyud_root, crops_root).
+
+    The settings stamp is written last, so a generation cut by a crash is redone.
+    """
+    raw, nyud = settings.data_dir / "raw", settings.data_dir / "nyud"
+    stamp = settings.data_dir / DATA_STAMP
+    fresh = _read_stamp(stamp) != settings.data_settings()
+    if fresh:
+        for folder in (raw, nyud):
+            shutil.rmtree(folder, ignore_errors=True)
+        stamp.unlink(missing_ok=True)
+        size = "x".join(map(str, settings.size))
+        _log(start, f"generating {settings.frames} synthetic frames at {size} into {raw}")
         generate_synth_nyud(raw, settings.frames, settings.seed, settings.size, settings.crop_size)
-    nyud = settings.data_dir / "nyud"
     _log(start, f"converting to an NYUD tree in {nyud}")
+    labeled = raw / "nyu_depth_v2_labeled.mat"
     prepare_nyud(labeled, raw / "splits.mat", raw / "classMapping40.mat", nyud, progress=False)
+    if fresh:
+        write_json_atomic(stamp, settings.data_settings())
     return nyud, raw / "crops"
 
 
-def _data_options(root: Path) -> dict:
-    return {
-        f"{split}_dataloader.dataset.data_root": str(root) for split in ("train", "val", "test")
-    }
+def check_work_dir(settings: DemoSettings) -> None:
+    """Claim ``settings.work_dir`` for these settings; refuse one that holds another run's.
+
+    Finished stages are reused on a rerun, so a work dir must not mix settings: a folder with
+    content but no settings stamp is refused too.
+    """
+    work_dir = settings.work_dir
+    stamp = work_dir / RUN_STAMP
+    previous = _read_stamp(stamp)
+    if previous is None and work_dir.is_dir() and any(work_dir.iterdir()):
+        previous = "unknown settings"
+    if previous is not None and previous != settings.run_settings():
+        raise ValueError(
+            f"{work_dir} holds a demo run with other settings ({previous}); "
+            "choose another --work-dir or delete it"
+        )
+    write_json_atomic(stamp, settings.run_settings())
+
+
+def _data_options(root: Path, splits: tuple[str, ...]) -> dict:
+    return {f"{split}_dataloader.dataset.data_root": str(root) for split in splits}
 
 
 def _last_checkpoint(work_dir: Path) -> Path:
@@ -89,7 +137,10 @@ def run_variant(settings: DemoSettings, name: str, cmim_lambda: float, roots, st
     nyud_root, crops_root = roots
     pre_dir = settings.work_dir / f"pretrain_{name}"
     _log(start, f"[{name}] pretraining on the object crops (CMIM lambda = {cmim_lambda})")
-    options = {**_data_options(crops_root), "model.cmim_lambda": cmim_lambda}
+    options = {
+        **_data_options(crops_root, ("train", "val", "test")),
+        "model.cmim_lambda": cmim_lambda,
+    }
     record = _train_and_test(
         settings.config_root / PRETRAIN_CONFIG, pre_dir, options, f"pretrain_{name}"
     )
@@ -97,7 +148,7 @@ def run_variant(settings: DemoSettings, name: str, cmim_lambda: float, roots, st
     transfer_dir = settings.work_dir / f"transfer_{name}"
     _log(start, f"[{name}] training the DeepLab heads on the frozen backbone")
     options = {
-        **_data_options(nyud_root),
+        **_data_options(nyud_root, ("train", "test")),  # the demo transfer has no val loop
         "model.backbone.pretrained": str(_last_checkpoint(pre_dir)),
     }
     record = _train_and_test(settings.config_root / TRANSFER_CONFIG, transfer_dir, options, name)
@@ -109,6 +160,7 @@ def run_variant(settings: DemoSettings, name: str, cmim_lambda: float, roots, st
 def run_demo(settings: DemoSettings) -> dict:
     """Run every stage; returns a summary with the targets' outcome."""
     start = time.perf_counter()
+    check_work_dir(settings)
     roots = ensure_data(settings, start)
     variants = {"cmim": settings.cmim_lambda, "baseline": 0.0}
     run_dirs = {

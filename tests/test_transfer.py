@@ -112,12 +112,10 @@ train_pipeline = [
 ]
 loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
 train_dataloader = dict(loader, dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(loader, dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
+test_dataloader = dict(loader, dataset=dict(data_root=data_root))
 max_iters = {MAX_ITERS}
 param_scheduler = [dict(type="PolyLR", by_epoch=False, power=0.9, eta_min=1e-5, end=max_iters)]
-# validation is tools/test.py's job here
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters, val_begin=max_iters + 1)
+train_cfg = dict(max_iters=max_iters)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=-1))
 log_processor = dict(window_size=1)
 """
@@ -370,3 +368,30 @@ def test_two_process_gloo_run(transfer, tmp_path):
     state = _load_checkpoint(str(work_dir / "iter_2.pth"))["state_dict"]
     backbone = _part(state, "backbone.")
     assert all(torch.equal(v, backbone[k]) for k, v in transfer["backbone"].items())
+
+
+# -- channels-last heads ---------------------------------------------------------------------
+
+
+def test_channels_last_heads_match_the_default_layout():
+    cfg = Config.fromfile(CONFIGS / "demo" / "nyud_synth.py")
+    head = dict(in_channels=64, channels=16, dilations=(1, 2), c1_in_channels=8, c1_channels=8)
+    cfg.merge_from_dict({"model.backbone.base_channels": 8, "model.seg_head": head})
+    cfg.merge_from_dict({"model.depth_head": head})
+    models = {}
+    for layout in (False, True):
+        cfg.model.channels_last = layout
+        models[layout] = MODELS.build(cfg.model)
+    models[True].load_state_dict(models[False].state_dict())
+    assert models[True].seg_head.conv_seg.weight.is_contiguous(memory_format=torch.channels_last)
+    inputs = torch.randn(2, 3, 48, 64)
+    outputs, grads = {}, {}
+    for layout, model in models.items():
+        model.train()
+        out = model._forward(inputs)
+        (out["seg"].square().mean() + out["depth"].mean()).backward()
+        outputs[layout] = out
+        grads[layout] = model.depth_head.conv_seg.weight.grad
+    for task in ("seg", "depth"):
+        torch.testing.assert_close(outputs[True][task], outputs[False][task], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-5)

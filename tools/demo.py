@@ -30,7 +30,11 @@ def main(argv=None) -> int:
         cmim_lambda=args.cmim_lambda,
         config_root=Path(__file__).resolve().parents[1],
     )
-    summary = run_demo(settings)
+    try:
+        summary = run_demo(settings)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     write_json_atomic(args.work_dir / "summary.json", summary)
     print(format_summary(summary))
     print(json.dumps(summary["baselines"]))

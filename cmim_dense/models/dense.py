@@ -26,6 +26,8 @@ class MultiTaskDense(BaseSegmentor):
         freeze_backbone: keep the backbone fixed (the paper's transfer protocol): no
             gradients, BN in eval mode whatever ``train()`` says, and a forward under
             ``no_grad``, so no graph is kept for it.
+        channels_last: run the heads in the NHWC memory format. On CPU, oneDNN's depthwise
+            convolutions (DeepLabV3+ heads) are markedly faster in it.
         data_preprocessor: typically ``DenseDataPreProcessor``.
 
     Inputs (N, 3, H, W); ``predict`` fills each data sample's ``pred_sem_seg`` (1, H0, W0)
@@ -38,6 +40,7 @@ class MultiTaskDense(BaseSegmentor):
         seg_head: dict | None = None,
         depth_head: dict | None = None,
         freeze_backbone: bool = True,
+        channels_last: bool = False,
         train_cfg: dict | None = None,
         test_cfg: dict | None = None,
         data_preprocessor: dict | None = None,
@@ -51,6 +54,10 @@ class MultiTaskDense(BaseSegmentor):
         self.seg_head = MODELS.build(seg_head) if seg_head is not None else None
         self.depth_head = MODELS.build(depth_head) if depth_head is not None else None
         self.align_corners = (self.seg_head or self.depth_head).align_corners
+        self.channels_last = channels_last
+        if channels_last:
+            for head in self.heads.values():
+                head.to(memory_format=torch.channels_last)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         if freeze_backbone:
@@ -91,8 +98,12 @@ class MultiTaskDense(BaseSegmentor):
         """(N, 3, H, W) -> the backbone's multi-level features."""
         if self.freeze_backbone:
             with torch.no_grad():
-                return self.backbone(inputs)
-        return self.backbone(inputs)
+                feats = self.backbone(inputs)
+        else:
+            feats = self.backbone(inputs)
+        if self.channels_last:
+            feats = tuple(f.contiguous(memory_format=torch.channels_last) for f in feats)
+        return feats
 
     def encode_decode(self, inputs: Tensor, batch_img_metas: list[dict]) -> Tensor:
         """Segmentation logits (N, num_classes, H, W), or depth when there is no seg head."""

@@ -1,7 +1,9 @@
-# Demo transfer: the main job's data pipeline at demo scale, on the synthetic NYUD-format
-# set: the narrow backbone of configs/demo/pretrain_crops.py, frozen, with DeepLabV3+ heads
-# (ASPP + the stride-4 stage-1 features), frames resized to 120x160, an L1 depth loss, and
-# Adam instead of the paper's slow SGD 0.001 so that it converges in a few CPU minutes.
+# Demo transfer: the main job at demo scale, on the synthetic NYUD-format set: the narrow
+# backbone of configs/demo/pretrain_crops.py, frozen, with DeepLabV3+ heads (ASPP + the
+# stride-4 stage-1 features), frames at 120x160, an L1 depth loss, and AdamW instead of the
+# paper's slow SGD 0.001 so that it converges in a few CPU minutes. Training uses flips only:
+# random rescaling changes the apparent distance without changing the depth labels, and cost
+# both mIoU and RMSE here. There is no validation loop; tools/demo.py evaluates with test.py.
 _base_ = ["../nyud_deeplab_bin_r18.py"]
 data_root = "data/synth_nyud/nyud"
 crop_size = (120, 160)
@@ -16,6 +18,7 @@ head = dict(
 )
 model = dict(
     data_preprocessor=dict(size=crop_size),
+    channels_last=True,  # about 1.2x faster training steps on CPU (separable convolutions)
     backbone=dict(base_channels=16, output_stride=8),
     seg_head=dict(type="DepthwiseSeparableASPPHead", **head),
     depth_head=dict(
@@ -28,10 +31,8 @@ train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations"),
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
-    dict(type="RandomResize", scale=(160, 120), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type="RandomCrop", crop_size=crop_size),
+    dict(type="Resize", scale=(160, 120), keep_ratio=True),
     dict(type="RandomFlip", prob=0.5),
-    dict(type="PadSegDepth", size=(160, 120), pad_val=dict(img=0, seg=255, depth=0)),
     dict(type="PackSegInputs"),
 ]
 test_pipeline = [
@@ -47,18 +48,20 @@ train_dataloader = dict(
     num_workers=1,
     dataset=dict(data_root=data_root, pipeline=train_pipeline),
 )
-val_dataloader = dict(
+test_dataloader = dict(
     batch_size=8,
     num_workers=1,
     dataset=dict(data_root=data_root, pipeline=test_pipeline),
 )
-test_dataloader = val_dataloader
+val_dataloader = None
+val_evaluator = None
+val_cfg = None
 max_iters = 500
 optim_wrapper = dict(
     _delete_=True, type="OptimWrapper", optimizer=dict(type="AdamW", lr=4e-3, weight_decay=1e-4)
 )
 param_scheduler = [dict(type="PolyLR", by_epoch=False, power=0.9, eta_min=1e-5, end=max_iters)]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(_delete_=True, type="IterBasedTrainLoop", max_iters=max_iters)
 default_hooks = dict(
     logger=dict(interval=50),
     checkpoint=dict(interval=max_iters, max_keep_ckpts=1, save_last=True),
