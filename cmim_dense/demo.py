@@ -73,23 +73,30 @@ def ensure_data(settings: DemoSettings, start: float) -> tuple[Path, Path]:
     """Generate and convert the synthetic set unless it is there with the same settings;
     returns (nyud_root, crops_root).
 
-    The settings stamp is written last, so a generation cut by a crash is redone.
+    A settings stamp marked incomplete is written before generating and marked complete at the
+    end, so a generation cut by a crash is redone. Only folders the demo stamped are deleted:
+    a data folder that holds data without a stamp is refused.
     """
     raw, nyud = settings.data_dir / "raw", settings.data_dir / "nyud"
     stamp = settings.data_dir / DATA_STAMP
-    fresh = _read_stamp(stamp) != settings.data_settings()
-    if fresh:
+    previous = _read_stamp(stamp)
+    wanted = dict(settings.data_settings(), complete=True)
+    if previous is None and (raw.exists() or nyud.exists()):
+        raise ValueError(
+            f"{settings.data_dir} holds data the demo did not make (no {DATA_STAMP}); "
+            "delete it or choose another --data-dir"
+        )
+    if previous != wanted:
         for folder in (raw, nyud):
             shutil.rmtree(folder, ignore_errors=True)
-        stamp.unlink(missing_ok=True)
+        write_json_atomic(stamp, dict(wanted, complete=False))
         size = "x".join(map(str, settings.size))
         _log(start, f"generating {settings.frames} synthetic frames at {size} into {raw}")
         generate_synth_nyud(raw, settings.frames, settings.seed, settings.size, settings.crop_size)
     _log(start, f"converting to an NYUD tree in {nyud}")
     labeled = raw / "nyu_depth_v2_labeled.mat"
     prepare_nyud(labeled, raw / "splits.mat", raw / "classMapping40.mat", nyud, progress=False)
-    if fresh:
-        write_json_atomic(stamp, settings.data_settings())
+    write_json_atomic(stamp, wanted)
     return nyud, raw / "crops"
 
 

@@ -37,7 +37,7 @@ def test_ensure_data_generates_once_and_regenerates_on_new_settings(tmp_path):
     assert _frames(nyud) == 4
     assert (crops / "train").is_dir() and (crops / "val").is_dir()
     stamp = settings.data_dir / DATA_STAMP
-    assert json.loads(stamp.read_text()) == settings.data_settings()
+    assert json.loads(stamp.read_text()) == dict(settings.data_settings(), complete=True)
 
     labeled = settings.data_dir / "raw" / "nyu_depth_v2_labeled.mat"
     before = labeled.stat().st_mtime_ns
@@ -50,15 +50,28 @@ def test_ensure_data_generates_once_and_regenerates_on_new_settings(tmp_path):
     assert json.loads(stamp.read_text())["frames"] == 6
 
 
-def test_ensure_data_redoes_a_generation_cut_before_the_stamp(tmp_path):
+def test_ensure_data_redoes_a_cut_generation(tmp_path):
     settings = _settings(tmp_path)
     ensure_data(settings, 0.0)
-    (settings.data_dir / DATA_STAMP).unlink()  # as if the run died before the end
+    stamp = settings.data_dir / DATA_STAMP
+    # as if the run died while generating: the stamp is still marked incomplete
+    stamp.write_text(json.dumps(dict(settings.data_settings(), complete=False)))
     labeled = settings.data_dir / "raw" / "nyu_depth_v2_labeled.mat"
     labeled.write_bytes(b"truncated")
     nyud, _ = ensure_data(settings, 0.0)
     assert labeled.stat().st_size > len(b"truncated")
     assert _frames(nyud) == 4
+    assert json.loads(stamp.read_text())["complete"] is True
+
+
+def test_ensure_data_leaves_unstamped_data_alone(tmp_path):
+    settings = _settings(tmp_path)
+    own = settings.data_dir / "nyud" / "images" / "train" / "0001.png"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"a user's file")
+    with pytest.raises(ValueError, match="did not make"):
+        ensure_data(settings, 0.0)
+    assert own.read_bytes() == b"a user's file"
 
 
 def test_work_dir_refuses_other_settings(tmp_path):
