@@ -15,46 +15,50 @@ def hard_sign(x: Tensor) -> Tensor:
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
-class _SignSTE(torch.autograd.Function):
+class SurrogateSign(torch.autograd.Function):
+    """hard_sign forward; backward multiplies the incoming gradient by ``derivative(x, *params)``.
+
+    Each method subclasses it and defines only the derivative of its surrogate. ``params`` are
+    0-d tensors (schedules such as IR-Net's t, k) and get no gradient.
+    """
+
+    @staticmethod
+    def derivative(x: Tensor, *params: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:
+        ctx.save_for_backward(x, *params)
+        return hard_sign(x)
+
+    @classmethod
+    def backward(cls, ctx, grad: Tensor):  # a classmethod, so it reaches the subclass's rule
+        x, *params = ctx.saved_tensors
+        return grad * cls.derivative(x, *params), *(None for _ in params)
+
+
+class _SignSTE(SurrogateSign):
     """BNN (Hubara 2016): straight-through estimator clipped to abs(x) <= 1."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return hard_sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+    def derivative(x: Tensor) -> Tensor:
+        return (x.abs() <= 1).to(x.dtype)
 
 
-class _ApproxSign(torch.autograd.Function):
+class _ApproxSign(SurrogateSign):
     """Bi-Real (Liu 2018): d/dx = 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return hard_sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (2 - 2 * x.abs()).clamp(min=0)
+    def derivative(x: Tensor) -> Tensor:
+        return (2 - 2 * x.abs()).clamp(min=0)
 
 
-class _EDESign(torch.autograd.Function):
+class _EDESign(SurrogateSign):
     """IR-Net (Qin 2020) Error Decay Estimator: d/dx = k * t * (1 - tanh(t x)^2)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
-        ctx.save_for_backward(x, t, k)
-        return hard_sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, t, k = ctx.saved_tensors
-        return grad * k * t * (1 - torch.tanh(t * x) ** 2), None, None
+    def derivative(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
+        return k * t * (1 - torch.tanh(t * x) ** 2)
 
 
 def sign_ste(x: Tensor) -> Tensor:

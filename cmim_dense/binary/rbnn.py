@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from cmim_dense.binary.base import Binarizer
-from cmim_dense.binary.functions import hard_sign
+from cmim_dense.binary.functions import SurrogateSign, hard_sign
 from cmim_dense.binary.registry import BINARIZERS
 
 
@@ -42,18 +42,12 @@ def random_orthogonal(n: int, generator: torch.Generator | None = None) -> Tenso
     return (q * torch.sign(torch.diagonal(r))).float()
 
 
-class _TrainingAwareSign(torch.autograd.Function):
+class _TrainingAwareSign(SurrogateSign):
     """sign forward; backward F'(x) = k * max(0, sqrt(2) t - t^2 |x|) (RBNN Eq. 15)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
-        ctx.save_for_backward(x, t, k)
-        return hard_sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, t, k = ctx.saved_tensors
-        return grad * k * (math.sqrt(2.0) * t - t * t * x.abs()).clamp(min=0), None, None
+    def derivative(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
+        return k * (math.sqrt(2.0) * t - t * t * x.abs()).clamp(min=0)
 
 
 def rbnn_sign(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
