@@ -96,7 +96,8 @@ def ensure_data(settings: DemoSettings, start: float) -> tuple[Path, Path]:
     _log(start, f"converting to an NYUD tree in {nyud}")
     labeled = raw / "nyu_depth_v2_labeled.mat"
     prepare_nyud(labeled, raw / "splits.mat", raw / "classMapping40.mat", nyud, progress=False)
-    write_json_atomic(stamp, wanted)
+    if previous != wanted:
+        write_json_atomic(stamp, wanted)
     return nyud, raw / "crops"
 
 
