@@ -20,12 +20,12 @@ from pathlib import Path
 
 from mmengine.config import Config
 
-from cmim_dense.datasets.prepare import prepare_nyud
-from cmim_dense.datasets.synth_nyud import generate_synth_nyud
 from cmim_dense.engine.launch import test, train
 from cmim_dense.evaluation.baselines import majority_class_baseline, mean_depth_baseline
-from cmim_dense.evaluation.io import write_json_atomic
 from cmim_dense.evaluation.report import METRICS_FILE, build_report, read_run_metrics
+from cmim_dense.nyud_io.convert import prepare_nyud
+from cmim_dense.nyud_io.synth import generate_synth_nyud
+from cmim_dense.utils.io import write_json_atomic
 
 PRETRAIN_CONFIG = "configs/demo/pretrain_crops.py"
 TRANSFER_CONFIG = "configs/demo/nyud_synth.py"

@@ -7,8 +7,8 @@ import torch
 from mmengine.registry import init_default_scope
 
 import cmim_dense  # noqa: F401  (shims and registries before any test imports mmseg)
-from cmim_dense.datasets.prepare import prepare_nyud
-from cmim_dense.datasets.synth_nyud import generate_synth_nyud
+from cmim_dense.nyud_io.convert import prepare_nyud
+from cmim_dense.nyud_io.synth import generate_synth_nyud
 
 
 @pytest.fixture(autouse=True)

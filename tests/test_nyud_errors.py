@@ -15,9 +15,9 @@ import h5py
 import numpy as np
 import pytest
 
-from cmim_dense.datasets import prepare
-from cmim_dense.datasets.nyud_mat import write_class_mapping_mat, write_splits_mat
-from cmim_dense.datasets.synth_nyud import generate_synth_nyud
+from cmim_dense.nyud_io import convert as prepare
+from cmim_dense.nyud_io.mat import write_class_mapping_mat, write_splits_mat
+from cmim_dense.nyud_io.synth import generate_synth_nyud
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "prepare_nyud.py"

@@ -12,7 +12,8 @@ import pytest
 import scipy.io
 
 from cmim_dense.datasets.nyud import NYUD13_CLASSES, NYUD13_FROM_40, NYUD40_CLASSES
-from cmim_dense.datasets.nyud_mat import (
+from cmim_dense.nyud_io.convert import prepare_nyud
+from cmim_dense.nyud_io.mat import (
     LabeledMatReader,
     LabeledMatWriter,
     load_class13_mapping,
@@ -21,7 +22,6 @@ from cmim_dense.datasets.nyud_mat import (
     write_class_mapping_mat,
     write_splits_mat,
 )
-from cmim_dense.datasets.prepare import prepare_nyud
 
 
 def _meta_dir() -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cmim_dense.datasets.synth_nyud import generate_synth_nyud
+from cmim_dense.nyud_io.synth import generate_synth_nyud
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark_nyud.py"
 FRAMES, SIZE = 40, (480, 640)

@@ -12,8 +12,8 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 
 from cmim_dense.datasets.nyud import NYUD13_FROM_40
-from cmim_dense.datasets.prepare import class_lut, prepare_nyud
-from cmim_dense.datasets.synth_nyud import generate_synth_nyud, render_frame, synth_map_class
+from cmim_dense.nyud_io.convert import class_lut, prepare_nyud
+from cmim_dense.nyud_io.synth import generate_synth_nyud, render_frame, synth_map_class
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "_base_" / "datasets" / "nyud.py"
 SEED, FRAMES, SIZE = 4, 5, (480, 640)  # the real size, so the test pipeline's Resize is a no-op

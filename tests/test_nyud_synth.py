@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cmim_dense.datasets import synth_nyud as synth
 from cmim_dense.datasets.nyud import NYUD40_CLASSES
-from cmim_dense.datasets.nyud_mat import LabeledMatReader, load_class_mapping, load_splits
+from cmim_dense.nyud_io import synth
+from cmim_dense.nyud_io.mat import LabeledMatReader, load_class_mapping, load_splits
+from cmim_dense.nyud_io.synth.render import ray_cast
+from cmim_dense.nyud_io.synth.scene import Box, Scene, SceneObject
 
 
-def _empty_room(boxes=()) -> synth._Scene:
+def _empty_room(boxes=()) -> Scene:
     size = np.array([4.0, 3.0, 5.0])
-    wall = synth._Object("wall", np.ones(3), np.ones(3), {"stripes": False, "period": 0.2})
-    floor = synth._Object("floor", np.ones(3), np.ones(3), {"tiles": True, "width": 0.2})
-    ceiling = synth._Object("ceiling", np.ones(3), np.ones(3), {"tiles": False})
-    objects = [synth._Object("cabinet", np.ones(3), np.ones(3), {"rows": 2})]
-    return synth._Scene(size, objects, list(boxes), [wall, floor, ceiling], np.array([2, 2.9, 2]))
+    wall = SceneObject("wall", np.ones(3), np.ones(3), {"stripes": False, "period": 0.2})
+    floor = SceneObject("floor", np.ones(3), np.ones(3), {"tiles": True, "width": 0.2})
+    ceiling = SceneObject("ceiling", np.ones(3), np.ones(3), {"tiles": False})
+    objects = [SceneObject("cabinet", np.ones(3), np.ones(3), {"rows": 2})]
+    return Scene(size, objects, list(boxes), [wall, floor, ceiling], np.array([2, 2.9, 2]))
 
 
 def test_ray_cast_depth_is_exact_plane_geometry() -> None:
@@ -30,8 +32,8 @@ def test_ray_cast_depth_is_exact_plane_geometry() -> None:
     h, w, fx = 60, 80, 50.0
     pos = np.array([2.0, 1.5, 1.0])
     rot = np.diag([1.0, -1.0, 1.0])  # camera y points down
-    box = synth._Box(np.array([2.0, 1.5, 3.25]), np.array([0.3, 0.2, 0.25]), 0.0, 0)
-    t, surface, _ = synth._ray_cast(_empty_room([box]), pos, rot, fx, h, w)
+    box = Box(np.array([2.0, 1.5, 3.25]), np.array([0.3, 0.2, 0.25]), 0.0, 0)
+    t, surface, _ = ray_cast(_empty_room([box]), pos, rot, fx, h, w)
     cy = h / 2
     for v in (45, 52, 59):
         want = 1.5 * fx / (v + 0.5 - cy)

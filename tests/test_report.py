@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmim_dense.evaluation.io import write_bytes_atomic, write_json_atomic
 from cmim_dense.evaluation.report import (
     DEFAULT_SIZE,
     SIZE_RANGE,
@@ -21,6 +20,7 @@ from cmim_dense.evaluation.report import (
     write_run_metrics,
 )
 from cmim_dense.evaluation.visualize import save_predictions_npz
+from cmim_dense.utils.io import write_bytes_atomic, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "report.py"

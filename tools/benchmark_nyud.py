@@ -30,7 +30,7 @@ def _status_kb(field: str) -> int:
 
 def _measure_child(labeled: str, splits: str, mapping: str, out: str) -> None:
     """Child process: convert once and print timing and memory as JSON."""
-    from cmim_dense.datasets.prepare import prepare_nyud
+    from cmim_dense.nyud_io.convert import prepare_nyud
 
     # "5" resets VmHWM to the current RSS (Linux >= 4.0), so the imports do not count
     with contextlib.suppress(OSError):
@@ -46,7 +46,7 @@ def _measure_child(labeled: str, splits: str, mapping: str, out: str) -> None:
 
 def run_benchmark(frames: int, size: tuple[int, int], workdir: Path, seed: int = 0) -> dict:
     """Generate, then convert in a child process; returns the measurements."""
-    from cmim_dense.datasets.synth_nyud import generate_synth_nyud
+    from cmim_dense.nyud_io.synth import generate_synth_nyud
 
     start = time.perf_counter()
     paths = generate_synth_nyud(workdir / "raw", frames, seed, size, progress=False)

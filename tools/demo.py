@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cmim_dense  # noqa: F401  (shims and registries)
 from cmim_dense.demo import DemoSettings, format_summary, run_demo
-from cmim_dense.evaluation.io import write_json_atomic
+from cmim_dense.utils.io import write_json_atomic
 
 
 def main(argv=None) -> int:

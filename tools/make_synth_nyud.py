@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from cmim_dense.datasets.synth_nyud import generate_synth_nyud, save_preview
+from cmim_dense.nyud_io.synth import generate_synth_nyud, save_preview
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

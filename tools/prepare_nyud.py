@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cmim_dense.datasets.nyud_mat import NYUDFormatError
-from cmim_dense.datasets.prepare import check_nyud_tree, prepare_nyud
+from cmim_dense.nyud_io.convert import check_nyud_tree, prepare_nyud
+from cmim_dense.nyud_io.mat import NYUDFormatError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

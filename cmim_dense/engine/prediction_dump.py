@@ -8,8 +8,8 @@ import cv2
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from cmim_dense.evaluation.io import write_bytes_atomic
 from cmim_dense.evaluation.visualize import arrays_from_sample, sample_panel, save_predictions_npz
+from cmim_dense.utils.io import write_bytes_atomic
 
 
 @HOOKS.register_module()

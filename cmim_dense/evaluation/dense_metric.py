@@ -40,7 +40,7 @@ from mmseg.evaluation.metrics import IoUMetric
 from mmseg.registry import METRICS
 from prettytable import PrettyTable
 
-from cmim_dense.evaluation.io import write_json_atomic
+from cmim_dense.utils.io import write_json_atomic
 
 # Order of the per-image sufficient statistics kept by ``_depth_stats``.
 _DEPTH_STATS = (

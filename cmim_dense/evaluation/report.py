@@ -40,13 +40,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from cmim_dense.evaluation.io import save_figure_atomic, write_json_atomic, write_text_atomic
 from cmim_dense.evaluation.visualize import (
     PANEL_TITLES,
     load_predictions_npz,
     qualitative_figure,
     sample_panel,
 )
+from cmim_dense.utils.io import save_figure_atomic, write_json_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"

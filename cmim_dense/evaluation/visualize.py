@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cmim_dense.evaluation.io import save_figure_atomic, save_npz_atomic
+from cmim_dense.utils.io import save_figure_atomic, save_npz_atomic
 
 NUM_CLASSES = 40
 PANEL_TITLES = ("RGB", "GT seg", "pred seg", "GT depth", "pred depth")

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from cmim_dense.datasets.nyud import NYUD13_CLASSES, NYUD40_CLASSES
-from cmim_dense.datasets.nyud_mat import (
+from cmim_dense.nyud_io.mat import (
     LabeledMatReader,
     NYUDFormatError,
     load_class13_mapping,
     load_class_mapping,
     load_splits,
 )
+from cmim_dense.utils.progress import progress_bar
 
 INFO_FILE = "nyud_info.json"
 INFO_FORMAT = "cmim_dense.nyud/1"
@@ -203,7 +203,7 @@ def prepare_nyud(
         mapping13: ``class13Mapping.mat``, needed for ``classes=13``; defaults to the file of that
             name beside ``mapping``.
         force: rebuild and replace an existing ``out``.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar.
 
     Raises:
         NYUDFormatError: bad input or output; nothing is left behind.
@@ -273,7 +273,7 @@ def _convert(
             (tmp / kind / split).mkdir(parents=True)
     split_of = {int(i): "train" for i in train} | {int(i): "test" for i in test}
     num_names = lut.size - 1
-    for idx in tqdm(sorted(split_of), desc="nyud", unit="frame", disable=not progress):
+    for idx in progress_bar(sorted(split_of), "nyud", "frame", disable=not progress):
         rgb, depth, labels = mat.frame(idx - 1)
         if labels.min() < 0 or labels.max() > num_names:
             bad = labels.min() if labels.min() < 0 else labels.max()

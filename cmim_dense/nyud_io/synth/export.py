@@ -1,0 +1,163 @@
+"""Write a synthetic NYUD-v2 set in the official file formats, plus object crops and a preview.
+
+:func:`generate_synth_nyud` writes the same files as the official release (so
+``tools/prepare_nyud.py`` converts them unchanged) and an ImageFolder of object crops::
+
+    OUT/nyu_depth_v2_labeled.mat   MATLAB v7.3: images, depths, labels, names
+    OUT/splits.mat                 trainNdxs / testNdxs, 1-based
+    OUT/classMapping40.mat         mapClass (1, 894), className
+    OUT/class13Mapping.mat         classMapping13.labels13 (1, 40)
+    OUT/crops/{train,val}/<class>/<frame:04d>_<k>.png
+
+Frame ``i`` depends only on ``(seed, i)``, so the first frames do not change with ``frames``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cmim_dense.datasets.nyud import NYUD13_CLASSES, NYUD13_FROM_40, NYUD40_CLASSES
+from cmim_dense.evaluation.visualize import colorize_depth, colorize_seg
+from cmim_dense.nyud_io.mat import (
+    LabeledMatWriter,
+    write_class13_mapping_mat,
+    write_class_mapping_mat,
+    write_splits_mat,
+)
+from cmim_dense.nyud_io.synth.render import SynthFrame, render_frame
+from cmim_dense.nyud_io.synth.scene import RAW_IDS, synth_map_class, synth_names
+from cmim_dense.utils.io import write_bytes_atomic
+from cmim_dense.utils.progress import progress_bar
+
+TRAIN_FRACTION = 795 / 1449  # as in the official split
+
+
+@dataclass
+class SynthPaths:
+    """Files written by :func:`generate_synth_nyud`."""
+
+    labeled: Path
+    splits: Path
+    mapping: Path
+    mapping13: Path
+    crops: Path
+
+
+def split_indices(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-based (train, test) frame numbers, ~55 % / 45 % like the official split."""
+    if frames < 2:
+        raise ValueError(f"need at least 2 frames for a train and a test split, got {frames}")
+    n_train = min(max(round(frames * TRAIN_FRACTION), 1), frames - 1)
+    order = np.random.default_rng([seed, 2**32 - 1]).permutation(frames) + 1
+    return np.sort(order[:n_train]), np.sort(order[n_train:])
+
+
+def object_crops(
+    frame: SynthFrame, rng: np.random.Generator, crop_size: int = 64, min_fraction: float = 0.01
+) -> list[tuple[str, np.ndarray]]:
+    """(class name, RGB crop (crop_size, crop_size, 3) uint8) of the frame's objects and surfaces.
+
+    Objects: a square around each instance that covers at least ``min_fraction`` of the frame.
+    Wall, floor, ceiling: one square patch each (a quarter of the frame height) that is >= 60 %
+    of that class.
+    """
+    h, w = frame.labels.shape
+    crops = []
+    for inst, cls in enumerate(frame.objects):
+        ys, xs = np.nonzero(frame.instances == inst)
+        if not cls or ys.size < min_fraction * h * w:
+            continue
+        side = min(int(1.15 * max(np.ptp(ys), np.ptp(xs))) + 1, h, w)
+        cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+        y0, x0 = np.clip(cy - side // 2, 0, h - side), np.clip(cx - side // 2, 0, w - side)
+        crops.append((cls, frame.rgb[y0 : y0 + side, x0 : x0 + side]))
+    side = h // 4
+    for cls in ("wall", "floor", "ceiling"):
+        ys, xs = np.nonzero(frame.labels == RAW_IDS[cls])
+        for _ in range(20 if ys.size else 0):
+            k = rng.integers(ys.size)
+            y0, x0 = (
+                np.clip(ys[k] - side // 2, 0, h - side),
+                np.clip(xs[k] - side // 2, 0, w - side),
+            )
+            patch = frame.labels[y0 : y0 + side, x0 : x0 + side]
+            if np.mean(patch == RAW_IDS[cls]) >= 0.6:
+                crops.append((cls, frame.rgb[y0 : y0 + side, x0 : x0 + side]))
+                break
+    size = (crop_size, crop_size)
+    return [(cls, cv2.resize(img, size, interpolation=cv2.INTER_AREA)) for cls, img in crops]
+
+
+def generate_synth_nyud(
+    out: str | Path,
+    frames: int,
+    seed: int = 0,
+    size: tuple[int, int] = (240, 320),
+    crop_size: int = 64,
+    progress: bool = True,
+) -> SynthPaths:
+    """Render ``frames`` frames at ``size`` = (H, W) and write them in the official NYUD formats,
+    plus object crops (see the module docstring). Returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = SynthPaths(
+        out / "nyu_depth_v2_labeled.mat",
+        out / "splits.mat",
+        out / "classMapping40.mat",
+        out / "class13Mapping.mat",
+        out / "crops",
+    )
+    train, test = split_indices(frames, seed)
+    write_splits_mat(paths.splits, train, test)
+    write_class_mapping_mat(paths.mapping, synth_map_class(), NYUD40_CLASSES)
+    write_class13_mapping_mat(paths.mapping13, NYUD13_FROM_40, NYUD13_CLASSES)
+    crop_split = dict.fromkeys(train.tolist(), "train") | dict.fromkeys(test.tolist(), "val")
+    for split in ("train", "val"):
+        for cls in RAW_IDS:
+            (paths.crops / split / cls).mkdir(parents=True, exist_ok=True)
+    with LabeledMatWriter(paths.labeled, frames, *size, synth_names()) as writer:
+        for i in progress_bar(range(frames), "synth", "frame", disable=not progress):
+            frame = render_frame(seed, i, size)
+            writer.write(i, frame.rgb, frame.depth, frame.labels)
+            rng = np.random.default_rng([seed, i, 1])
+            for k, (cls, crop) in enumerate(object_crops(frame, rng, crop_size)):
+                folder = paths.crops / crop_split[i + 1] / cls
+                cv2.imwrite(str(folder / f"{i + 1:04d}_{k}.png"), crop[..., ::-1])
+    return paths
+
+
+def preview_image(frames: Sequence[SynthFrame], width: int = 200, max_depth: float = 6.0):
+    """RGB (rows * h, 3 * width, 3) uint8, one row per frame: rgb | NYU40 labels | depth.
+
+    Labels and depth use the colours of the evaluation pictures
+    (:func:`~cmim_dense.evaluation.visualize.colorize_seg`, ``colorize_depth`` over 0..max_depth m).
+    """
+    lut = np.concatenate([[255], synth_map_class() - 1]).astype(np.uint8)
+    rows = []
+    for f in frames:
+        h = round(f.rgb.shape[0] * width / f.rgb.shape[1])
+        panels = [
+            cv2.resize(f.rgb, (width, h), interpolation=cv2.INTER_AREA),
+            cv2.resize(colorize_seg(lut[f.labels]), (width, h), interpolation=cv2.INTER_NEAREST),
+            cv2.resize(
+                colorize_depth(f.depth, 0.0, max_depth), (width, h), interpolation=cv2.INTER_NEAREST
+            ),
+        ]
+        rows.append(np.concatenate(panels, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def save_preview(
+    path: str | Path, seed: int = 0, frames: int = 4, size=(240, 320), width: int = 200
+) -> Path:
+    """Render ``frames`` frames and save :func:`preview_image` of them as a PNG at ``path``."""
+    image = preview_image([render_frame(seed, i, size) for i in range(frames)], width)
+    ok, png = cv2.imencode(".png", image[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise RuntimeError(f"cannot encode the preview {path}")
+    return write_bytes_atomic(path, png.tobytes())

@@ -1,0 +1,1 @@
+"""Generic helpers: atomic file writes, progress bars, the project's input-error type."""
