@@ -1,4 +1,4 @@
-"""The two shims that make the pinned OpenMMLab stack run on torch 2.14 (DESIGN.md traps 1, 2).
+"""The shims that make the pinned OpenMMLab stack run safely on torch 2.14.
 
 1. ``mmcv-lite`` ships ``mmcv.ops`` without its compiled ``mmcv._ext``, and mmseg imports
    ``mmcv.ops`` at import time. When ``mmcv._ext`` is missing we register a stub module whose
@@ -9,6 +9,10 @@
    exactly those, so a checkpoint still can never run code. ``HistoryBuffer`` also pickles its
    statistics functions, reached through ``builtins.getattr``, which must stay refused; we save
    it without them (its ``__setstate__`` registers the defaults again).
+
+3. mmengine writes checkpoints with ``open(path, 'wb')``, so a run killed mid-save leaves a
+   partial ``iter_N.pth`` under its final name, which ``--resume`` would then pick. Its local
+   file backend now writes to a temporary file in the same folder and renames it into place.
 
 :func:`apply` is idempotent and runs when ``cmim_dense`` is imported.
 """
@@ -107,12 +111,26 @@ def allow_checkpoint_globals() -> None:
     torch.serialization.add_safe_globals(checkpoint_safe_globals())
 
 
+def _atomic_put(self, obj: bytes, filepath) -> None:
+    from cmim_dense.utils.io import write_bytes_atomic
+
+    write_bytes_atomic(filepath, obj)
+
+
+def make_local_writes_atomic() -> None:
+    """Make mmengine's ``LocalBackend.put`` (checkpoints) write atomically (see module doc)."""
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    LocalBackend.put = _atomic_put
+
+
 def apply() -> None:
-    """Apply both shims once."""
+    """Apply the shims once."""
     global _applied
     if _applied:
         return
     install_mmcv_ext_stub()
     allow_checkpoint_globals()
     save_history_buffer_as_data()
+    make_local_writes_atomic()
     _applied = True

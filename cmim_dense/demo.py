@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mmengine.config import Config
 
-from cmim_dense.engine.launch import test, train
+from cmim_dense.engine.runs import test, train
 from cmim_dense.evaluation.baselines import majority_class_baseline, mean_depth_baseline
 from cmim_dense.evaluation.report import METRICS_FILE, build_report, read_run_metrics
 from cmim_dense.nyud_io.convert import prepare_nyud

@@ -1,4 +1,4 @@
-"""Binary ResNet backbone: shapes, registries, frozen mode, pretrained loading."""
+"""Binary ResNet backbone: shapes, registries, timm's model contract, strict pretrained loading."""
 
 import pytest
 import timm
@@ -8,7 +8,8 @@ from torch import nn
 
 import cmim_dense  # noqa: F401  (registers the backbone)
 from cmim_dense.binary import BinaryConv2d
-from cmim_dense.models import BinaryResNet, CheckpointMismatchError
+from cmim_dense.models import BinaryImageClassifier, BinaryResNet, MultiTaskDense
+from cmim_dense.utils.checkpoint import CheckpointError
 
 # Expected (channels, spatial size) of the four stages for a 64x64 input.
 EXPECTED = {
@@ -80,43 +81,108 @@ def test_built_through_timm():
     assert isinstance(model, BinaryResNet)
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
     assert model.get_classifier().out_features == 1000
+    assert model.pretrained_cfg["classifier"] == "fc"
     model34 = timm.create_model("bin_resnet34", num_classes=10, base_channels=8).eval()
     assert model34(torch.randn(1, 3, 32, 32)).shape == (1, 10)
-    with pytest.raises(ValueError, match="no pretrained"):
+    with pytest.raises(CheckpointError, match="no pretrained"):
         timm.create_model("bin_resnet18", pretrained=True)
+
+
+def test_timm_model_contract():
+    torch.manual_seed(0)
+    model = timm.create_model("bin_resnet18", num_classes=7, base_channels=8).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert isinstance(feats, torch.Tensor) and feats.shape == (2, 64, 2, 2)
+        pooled = model.forward_head(feats, pre_logits=True)
+        assert pooled.shape == (2, 64)
+        torch.testing.assert_close(pooled, feats.mean((2, 3)))
+        torch.testing.assert_close(model.forward_head(feats), model(x))
+        final, inter = model.forward_intermediates(x, indices=(0, 2))
+        assert [t.shape[1:] for t in inter] == [(8, 16, 16), (32, 4, 4)]
+        torch.testing.assert_close(final, feats)
+        assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+    model.reset_classifier(0)
+    assert [t.shape[1] for t in model(x)] == [8, 16, 32, 64]  # headless: the stage outputs
+
+
+def test_timm_features_only():
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "bin_resnet18", features_only=True, out_indices=(1, 2, 3), base_channels=8
+    ).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, 16, 8, 8), (1, 32, 4, 4), (1, 64, 2, 2)]
+    assert model.feature_info.channels() == [16, 32, 64]
+    assert model.feature_info.reduction() == [8, 16, 32]
+
+
+def test_one_checkpoint_loads_in_the_classifier_timm_and_a_headless_backbone(tmp_path):
+    """A pretraining checkpoint (backbone.* with the classifier, plus CMIM keys) loads into
+    timm.create_model as it is, and into a headless transfer backbone without its classifier."""
+    torch.manual_seed(0)
+    arch = dict(type="BinaryResNet", base_channels=8, stem="cifar", binarizer="irnet")
+    classifier = BinaryImageClassifier(arch, num_classes=5, cmim_lambda=1.0, tap_size=2).eval()
+    path = tmp_path / "epoch_1.pth"
+    torch.save({"state_dict": classifier.state_dict(), "meta": {"epoch": 1}}, path)
+    assert any(not k.startswith("backbone.") for k in classifier.state_dict())  # tap_seed, ...
+    model = timm.create_model(
+        "bin_resnet18",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path), num_classes=5),
+        num_classes=5,
+        base_channels=8,
+        stem="cifar",
+    ).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), classifier(x), rtol=0, atol=0)
+    headless = BinaryResNet(base_channels=8, stem="cifar", pretrained=str(path))
+    headless.init_weights()
+    own = classifier.backbone.state_dict()
+    for key, value in headless.state_dict().items():
+        assert torch.equal(value, own[key]), key
 
 
 def _frozen_setup():
     torch.manual_seed(0)
-    backbone = BinaryResNet(base_channels=8, frozen=True, out_indices=(3,))
-    head = nn.Conv2d(64, 3, 1)
-    return backbone, head
+    model = MultiTaskDense(
+        backbone=dict(type="BinaryResNet", base_channels=8, out_indices=(3,)),
+        seg_head=dict(
+            type="FCNHead", in_channels=64, channels=8, num_convs=1, num_classes=3, in_index=0
+        ),
+    )
+    return model.backbone, model
 
 
 def test_frozen_backbone_gets_no_gradient_and_keeps_bn_stats():
-    backbone, head = _frozen_setup()
-    backbone.train()
-    head.train()
+    backbone, model = _frozen_setup()
+    model.train()
     assert not backbone.training
     assert not any(p.requires_grad for p in backbone.parameters())
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.1)
-    head_before = head.weight.detach().clone()
-    feats = backbone(torch.randn(4, 3, 64, 64))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    head_before = model.seg_head.conv_seg.weight.detach().clone()
+    feats = model.extract_feat(torch.randn(4, 3, 64, 64))
     assert not feats[0].requires_grad  # the forward kept no graph
-    loss = head(feats[0]).pow(2).mean()
+    loss = model.seg_head(feats).pow(2).mean()
     loss.backward()
     opt.step()
     assert all(p.grad is None for p in backbone.parameters())
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats included
-    assert not torch.equal(head.weight, head_before)
+    assert not torch.equal(model.seg_head.conv_seg.weight, head_before)
 
 
 def test_train_does_not_unfreeze_after_init_weights():
-    backbone, _ = _frozen_setup()
-    backbone.init_weights()
-    backbone.train(True)
+    backbone, model = _frozen_setup()
+    model.init_weights()
+    model.train(True)
     assert not backbone.training
     assert all(not m.training for m in backbone.modules())
     assert not any(p.requires_grad for p in backbone.parameters())
@@ -124,7 +190,7 @@ def test_train_does_not_unfreeze_after_init_weights():
 
 def _save_classifier_checkpoint(path, backbone: nn.Module, extra: dict | None = None):
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    state["head.fc.weight"] = torch.zeros(3, 64)
+    state["backbone.fc.weight"] = torch.zeros(3, 64)  # a classifier a headless backbone drops
     state.update(extra or {})
     torch.save({"state_dict": state, "meta": {"epoch": 1}}, path)
 
@@ -139,13 +205,11 @@ def test_pretrained_loads_with_prefix(tmp_path):
     _save_classifier_checkpoint(ckpt, source)
     target = BinaryResNet(
         base_channels=8,
-        frozen=True,
         init_cfg=dict(type="Pretrained", checkpoint=str(ckpt), prefix="backbone."),
     )
     target.init_weights()
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
-    assert not any(p.requires_grad for p in target.parameters())
 
 
 def test_pretrained_mismatch_raises_clear_error(tmp_path):
@@ -154,22 +218,22 @@ def test_pretrained_mismatch_raises_clear_error(tmp_path):
     target = BinaryResNet(
         base_channels=8, init_cfg=dict(type="Pretrained", checkpoint=str(ckpt), prefix="backbone.")
     )
-    with pytest.raises(CheckpointMismatchError, match="wrong shape"):
+    with pytest.raises(CheckpointError, match="wrong shape"):
         target.init_weights()
 
     ckpt34 = tmp_path / "r34.pth"
     _save_classifier_checkpoint(ckpt34, BinaryResNet(depth=34, base_channels=8))
-    with pytest.raises(CheckpointMismatchError, match="unexpected"):
+    with pytest.raises(CheckpointError, match="unexpected"):
         BinaryResNet(base_channels=8).load_pretrained(str(ckpt34))
 
     partial = tmp_path / "partial.pth"
     state = {f"backbone.{k}": v for k, v in BinaryResNet(base_channels=8).state_dict().items()}
     state.pop("backbone.stem.0.weight")
     torch.save({"state_dict": state}, partial)
-    with pytest.raises(CheckpointMismatchError, match=r"1 missing key\(s\) \[stem.0.weight\]"):
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\) \[stem.0.weight\]"):
         BinaryResNet(base_channels=8).load_pretrained(str(partial))
 
-    with pytest.raises(CheckpointMismatchError, match="no weights under prefix"):
+    with pytest.raises(CheckpointError, match="no weights under prefix"):
         BinaryResNet(base_channels=8).load_pretrained(str(partial), prefix="encoder.")
 
 

@@ -37,8 +37,8 @@ def make(name: str | dict, in_channels: int = 2, out_channels: int = 2):
 
 # Two output channels of four weights each, shape (2, 2, 1, 2).
 W = torch.tensor([[0.2, -0.4, 0.6, -0.8], [1.0, 2.0, -3.0, 0.0]]).view(2, 2, 1, 2)
-# mean|W| per channel: 2.0 / 4 = 0.5 and 6.0 / 4 = 1.5; sign(0) = +1.
-W_SCALED = torch.tensor([[0.5, -0.5, 0.5, -0.5], [1.5, 1.5, -1.5, 1.5]]).view(2, 2, 1, 2)
+# mean|W| per channel: 2.0 / 4 = 0.5 and 6.0 / 4 = 1.5; sign(0) = -1.
+W_SCALED = torch.tensor([[0.5, -0.5, 0.5, -0.5], [1.5, 1.5, -1.5, -1.5]]).view(2, 2, 1, 2)
 
 
 # ---------------------------------------------------------------- forward
@@ -48,7 +48,7 @@ W_SCALED = torch.tensor([[0.5, -0.5, 0.5, -0.5], [1.5, 1.5, -1.5, 1.5]]).view(2,
 def test_activation_forward_is_plus_minus_one(name):
     x = torch.tensor([-2.0, -0.5, -1e-6, 0.0, 1e-6, 0.5, 2.0]).view(1, 1, 1, 7).repeat(1, 2, 1, 1)
     out = make(name).binarize_activation(x)
-    expected = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]).view(1, 1, 1, 7)
+    expected = torch.tensor([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0]).view(1, 1, 1, 7)  # sign(0)=-1
     assert torch.equal(out, expected.expand_as(x))
 
 
@@ -58,7 +58,7 @@ def test_weight_forward_mean_abs_scale(name):
 
 
 def test_ste_weight_forward_has_no_scale():
-    expected = torch.tensor([[1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, 1.0]]).view(2, 2, 1, 2)
+    expected = torch.tensor([[1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]]).view(2, 2, 1, 2)
     assert torch.equal(make("ste").binarize_weight(W), expected)
 
 
@@ -94,8 +94,9 @@ def test_react_activation_threshold_forward():
     react = make("react")
     with torch.no_grad():
         react.threshold.copy_(torch.tensor([0.5, -0.5]).view(1, 2, 1, 1))
+    # u = x - alpha; u = 0 (x at the threshold) binarizes to -1.
     x = torch.tensor([[0.25, 0.5, 2.0], [-1.0, -0.5, 0.5]]).view(1, 2, 1, 3)
-    expected = torch.tensor([[-1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]).view(1, 2, 1, 3)
+    expected = torch.tensor([[-1.0, -1.0, 1.0], [-1.0, -1.0, 1.0]]).view(1, 2, 1, 3)
     assert torch.equal(react.binarize_activation(x), expected)
 
 

@@ -17,13 +17,14 @@ from torch import nn
 
 from cmim_dense.binary import BinaryConv2d, build_binarizer, hard_sign, list_binarizers
 from cmim_dense.binary.adabin import Maxout
+from cmim_dense.binary.irnet import ede_schedule
 from cmim_dense.binary.lns import (
     LNSBinarizer,
     lns_noisy_label_loss,
     unbiased_logistic_loss,
     weight_features,
 )
-from cmim_dense.binary.rbnn import factorize, rbnn_schedule
+from cmim_dense.binary.rbnn import factorize
 from cmim_dense.engine import RBNNRotationHook
 
 NEW_METHODS = ["rbnn", "sdbnn", "adabin", "threshold_shift", "lns"]
@@ -122,7 +123,7 @@ def test_rbnn_factorize_closest(n, n1, n2):
     ("progress", "t", "k"), [(0.0, 0.01, 100.0), (2 / 3, 1.0, 1.0), (1.0, 10.0, 1.0)]
 )
 def test_rbnn_schedule(progress, t, k):
-    assert rbnn_schedule(progress) == pytest.approx((t, k))
+    assert ede_schedule(progress, t_min=1e-2) == pytest.approx((t, k))
     rbnn = make("rbnn")
     rbnn.set_progress(progress)
     assert (rbnn.t.item(), rbnn.k.item()) == pytest.approx((t, k), rel=1e-5)
@@ -313,7 +314,9 @@ def test_rbnn_hook_in_runner(tmp_path):
     assert not torch.equal(seen[0], initial)  # updated before the first iteration
     assert torch.equal(seen[0], seen[1]) and torch.equal(seen[2], seen[3])  # once per epoch
     assert not torch.equal(seen[1], seen[2])
-    assert model.conv.binarizer.t.item() == pytest.approx(rbnn_schedule(0.5)[0], rel=1e-5)
+    assert model.conv.binarizer.t.item() == pytest.approx(
+        ede_schedule(0.5, t_min=1e-2)[0], rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------- AdaBin
@@ -336,20 +339,21 @@ def test_adabin_activation_binary_set_hand_values():
     adabin = make("adabin")
     assert (adabin.alpha_a.item(), adabin.beta_a.item()) == (1.0, 0.0)  # paper init
     x = torch.tensor([-3.0, 0.0, 0.5, 2.0]).view(1, 1, 1, 4).repeat(1, 2, 1, 1)
-    assert torch.equal(adabin.binarize_activation(x)[0, 0, 0], torch.tensor([-1.0, 1, 1, 1]))
+    assert torch.equal(adabin.binarize_activation(x)[0, 0, 0], torch.tensor([-1.0, -1, 1, 1]))
     with torch.no_grad():
         adabin.alpha_a.fill_(1.5)
         adabin.beta_a.fill_(0.25)
-    # u = (x - 0.25) / 1.5: x = 0.25 -> u = 0 -> +1; set {0.25 - 1.5, 0.25 + 1.5}.
+    # u = (x - 0.25) / 1.5: x = 0.25 -> u = 0 -> -1; set {0.25 - 1.5, 0.25 + 1.5}.
     x = torch.tensor([-3.0, 0.24, 0.25, 0.5, 5.0]).view(1, 1, 1, 5)
-    expected = torch.tensor([-1.25, -1.25, 1.75, 1.75, 1.75])
+    expected = torch.tensor([-1.25, -1.25, -1.25, 1.75, 1.75])
     assert torch.equal(adabin.binarize_activation(x).flatten(), expected)
 
 
 def test_adabin_activation_gradients_hand_values():
     # alpha 2, beta 0.5: x = (-2, 0, 0.5, 1.5, 3) -> u = (-1.25, -0.25, 0, 0.5, 1.25),
-    # in-range mask (0, 1, 1, 1, 0). dx = mask; dbeta = sum(1 - mask) = 2;
-    # dalpha = sum(sign(u) - u mask) = -1 - 0.75 + 1 + 0.5 + 1 = 0.75.
+    # in-range mask (0, 1, 1, 1, 0), sign(u) = (-1, -1, -1, 1, 1) (sign(0) = -1).
+    # dx = mask; dbeta = sum(1 - mask) = 2;
+    # dalpha = sum(sign(u) - u mask) = -1 - 0.75 - 1 + 0.5 + 1 = -1.25.
     adabin = make("adabin", 1, 1)
     with torch.no_grad():
         adabin.alpha_a.fill_(2.0)
@@ -358,7 +362,7 @@ def test_adabin_activation_gradients_hand_values():
     adabin.binarize_activation(x).sum().backward()
     assert torch.equal(x.grad.flatten(), torch.tensor([0.0, 1, 1, 1, 0]))
     assert adabin.beta_a.grad.item() == pytest.approx(2.0)
-    assert adabin.alpha_a.grad.item() == pytest.approx(0.75)
+    assert adabin.alpha_a.grad.item() == pytest.approx(-1.25)
 
 
 def test_adabin_weight_gradient_matches_ede_reference():
@@ -407,14 +411,16 @@ def test_threshold_shift_flips_exactly_at_theta(base):
     theta = 0.3
     shift = make(dict(type="threshold_shift", base=base, theta=theta), 1, 1)
     just_below = torch.nextafter(torch.tensor(theta), torch.tensor(-math.inf)).item()
-    x = torch.tensor([theta, just_below, 0.0, 1.0, -1.0]).view(1, 1, 1, 5)
-    assert torch.equal(shift.binarize_activation(x).flatten(), torch.tensor([1.0, -1, -1, 1, -1]))
+    just_above = torch.nextafter(torch.tensor(theta), torch.tensor(math.inf)).item()
+    x = torch.tensor([theta, just_below, just_above, 0.0, 1.0, -1.0]).view(1, 1, 1, 6)
+    expected = torch.tensor([-1.0, -1, 1, -1, 1, -1])  # a = theta gives u = 0 -> -1
+    assert torch.equal(shift.binarize_activation(x).flatten(), expected)
 
 
 def test_threshold_shift_keeps_base_weights():
     # XNOR and Bi-Real weights: sign(W) * mean(|W|) per channel, 0.5 and 1.5 here.
     w = torch.tensor([[0.2, -0.4, 0.6, -0.8], [1.0, 2.0, -3.0, 0.0]]).view(2, 2, 1, 2)
-    expected = torch.tensor([[0.5, -0.5, 0.5, -0.5], [1.5, 1.5, -1.5, 1.5]]).view(2, 2, 1, 2)
+    expected = torch.tensor([[0.5, -0.5, 0.5, -0.5], [1.5, 1.5, -1.5, -1.5]]).view(2, 2, 1, 2)
     for base in ("xnor", "bireal"):
         shift = make(dict(type="threshold_shift", base=base, theta=0.7))
         assert torch.equal(shift.binarize_weight(w), expected)
@@ -446,7 +452,8 @@ def test_threshold_shift_learnable_per_channel():
     # ch 1: x + 0.5 = (-0.5, 0.5, 1.0) -> (1, 1, 0) -> dtheta = -2
     x = torch.tensor([[0.25, 0.5, 2.0], [-1.0, 0.0, 0.5]]).view(1, 2, 1, 3)
     out = shift.binarize_activation(x)
-    assert torch.equal(out, torch.tensor([[-1.0, 1, 1], [-1.0, 1, 1]]).view(1, 2, 1, 3))
+    # u = 0 at x = theta (0.5 in channel 0) -> -1
+    assert torch.equal(out, torch.tensor([[-1.0, -1, 1], [-1.0, 1, 1]]).view(1, 2, 1, 3))
     out.sum().backward()
     assert torch.allclose(shift.theta.grad.flatten(), torch.tensor([-3.5, -2.0]))
     fixed = make(dict(type="threshold_shift", theta=0.25))
@@ -466,11 +473,11 @@ def test_threshold_shift_forwards_progress_and_rejects_itself():
 
 
 def test_sdbnn_activation_shift_moves_sign_balance():
-    # x = (-0.5, -0.25, 0, 0.25, 0.5) in both channels: 3 of 5 are +1 with no shift.
+    # x = (-0.5, -0.25, 0, 0.25, 0.5) in both channels: 2 of 5 are +1 with no shift (sign(0) = -1).
     # Shift +0.3 -> (-0.2, 0.05, 0.3, 0.55, 0.8): 4 are +1; shift -0.3: only 0.5 - 0.3 > 0.
     sd = make("sdbnn")
     x = torch.tensor([-0.5, -0.25, 0.0, 0.25, 0.5]).view(1, 1, 1, 5).repeat(1, 2, 1, 1)
-    assert (sd.binarize_activation(x) > 0).sum(dim=(0, 2, 3)).tolist() == [3, 3]
+    assert (sd.binarize_activation(x) > 0).sum(dim=(0, 2, 3)).tolist() == [2, 2]
     with torch.no_grad():
         sd.act_shift.copy_(torch.tensor([0.3, -0.3]).view(1, 2, 1, 1))
     out = sd.binarize_activation(x)
@@ -564,7 +571,7 @@ def test_lns_weight_features():
 def test_lns_starts_at_sign_and_backward_is_ste_on_logit():
     torch.manual_seed(7)
     w = torch.tensor([[0.2, -0.4, 0.6, -0.8], [1.0, 2.0, -3.0, 0.0]]).view(2, 2, 1, 2)
-    expected = torch.tensor([[0.5, -0.5, 0.5, -0.5], [1.5, 1.5, -1.5, 1.5]]).view(2, 2, 1, 2)
+    expected = torch.tensor([[0.5, -0.5, 0.5, -0.5], [1.5, 1.5, -1.5, -1.5]]).view(2, 2, 1, 2)
     lns = make("lns")
     assert torch.equal(lns.binarize_weight(w), expected)
     # With the zero-initialised last layer the logit is W / std(W): the gradient is the

@@ -37,7 +37,7 @@ def test_binary_conv_equals_conv_of_signs(name):
     torch.manual_seed(0)
     conv = BinaryConv2d(3, 4, 3, stride=2, padding=1, binarizer=name).double()
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
-    x[0, 0, 0, :3] = 0.0  # sign(0) = +1
+    x[0, 0, 0, :3] = 0.0  # sign(0) = -1
     expected = F.conv2d(hard_sign(x), HAND_WEIGHTS[name](conv.weight.detach()), stride=2, padding=1)
     out = conv(x)
     assert out.shape == (2, 4, 4, 4)
@@ -86,7 +86,7 @@ def test_taps_record_tapped_layers_in_order_pooled():
     torch.manual_seed(2)
     net = _ThreeConvs()
     x = torch.randn(2, 2, 8, 8)
-    with ActivationTaps([net.conv3, net.conv1], pool_size=2) as taps:
+    with ActivationTaps([net.conv3, net.conv1], reduce="avgpool", size=2) as taps:
         net(x)
         records = taps.pop()
     assert len(records) == 2
@@ -102,7 +102,7 @@ def test_taps_record_tapped_layers_in_order_pooled():
 def test_taps_skip_pooling_when_already_pool_size():
     net = _ThreeConvs()
     x = torch.randn(1, 2, 4, 4)
-    with ActivationTaps([net.conv1], pool_size=4) as taps:
+    with ActivationTaps([net.conv1], reduce="avgpool", size=4) as taps:
         net(x)
         ((a_f, a_b),) = taps.pop()
     assert torch.equal(a_f, x.flatten(1)) and torch.equal(a_b, hard_sign(x).flatten(1))
@@ -113,7 +113,7 @@ def test_taps_without_pooling_binary_is_sign_of_real():
     net = _ThreeConvs()
     x = torch.randn(2, 2, 6, 6)
     x[0, 0, 0, 0] = 0.0
-    with ActivationTaps([net.conv1, net.conv2, net.conv3], pool_size=None) as taps:
+    with ActivationTaps([net.conv1, net.conv2, net.conv3], reduce=None) as taps:
         net(x)
         records = taps.pop()
     for (a_f, a_b), inp in zip(records, net.inputs):
@@ -122,11 +122,11 @@ def test_taps_without_pooling_binary_is_sign_of_real():
         assert torch.equal(a_b, hard_sign(a_f))
 
 
-@pytest.mark.parametrize("pool_size", [None, 2])
-def test_tap_records_keep_autograd_graph(pool_size):
+@pytest.mark.parametrize("reduce", [None, "avgpool", "sample"])
+def test_tap_records_keep_autograd_graph(reduce):
     net = _ThreeConvs()
     x = torch.randn(2, 2, 6, 6).mul(0.5).requires_grad_(True)
-    with ActivationTaps([net.conv2], pool_size=pool_size) as taps:
+    with ActivationTaps([net.conv2], reduce=reduce, size=2) as taps:
         net(x)
         ((a_f, a_b),) = taps.pop()
     assert a_f.requires_grad and a_b.requires_grad
@@ -149,7 +149,7 @@ def test_nothing_recorded_without_tap():
 
 def test_detach_clears_taps_and_records():
     net = _ThreeConvs()
-    taps = ActivationTaps([net.conv1, net.conv2], pool_size=None).attach()
+    taps = ActivationTaps([net.conv1, net.conv2], reduce=None).attach()
     assert net.conv1.tap is taps and net.conv2.tap is taps and net.conv3.tap is None
     x = torch.randn(1, 2, 4, 4)
     ref = weakref.ref(x)

@@ -56,10 +56,11 @@ def test_worked_example_full_loss():
         + _log_one_minus_h(s21, 0.5)
     )
     assert hand == pytest.approx(-2.3667609601858635, abs=1e-12)
-    loss = CMIMLoss([3], tau=TAU)
+    loss = CMIMLoss([3], tau=TAU, beta=2.0)
     for indices in (None, torch.tensor([7, 3])):
         value = loss([(A_F, A_B)], indices)
-        assert value.item() == pytest.approx(-hand, abs=1e-10)
+        # Eq. 14 with K = 1: the single (deepest) layer weighs beta^-(K-1-K) = beta.
+        assert value.item() == pytest.approx(-2.0 * hand, abs=1e-10)
         assert loss.last_layer_terms[0].item() == pytest.approx(hand, abs=1e-10)
     bound = loss.last_mi_bounds[0].item()
     assert bound == pytest.approx(0.5 * (_log_h(s11, 0.5) + _log_h(s22, 0.5)) + math.log(1))
@@ -71,12 +72,13 @@ def test_num_data_sets_the_ratio():
     hand = 0.5 * (
         _log_h(s11, r) + _log_one_minus_h(s12, r) + _log_h(s22, r) + _log_one_minus_h(s21, r)
     )
-    value = CMIMLoss([3], tau=TAU, num_data=100)([(A_F, A_B)])
-    assert value.item() == pytest.approx(-hand, abs=1e-10)
+    value = CMIMLoss([3], tau=TAU, beta=2.0, num_data=100)([(A_F, A_B)])
+    assert value.item() == pytest.approx(-2.0 * hand, abs=1e-10)
 
 
 def test_layer_weights_eq14():
-    assert layer_weights(3, 2.0) == [0.25, 0.5, 1.0]
+    # k = 1..K as printed: 1 / beta^(K-1-k) = beta^-1, beta^0, beta^1 for K = 3.
+    assert layer_weights(3, 2.0) == [0.5, 1.0, 2.0]
     single = CMIMLoss([3], tau=TAU)([(A_F, A_B)])
     triple = CMIMLoss([3, 3, 3], tau=TAU, beta=2.0)([(A_F, A_B)] * 3)
     assert triple.item() == pytest.approx(1.75 * single.item())

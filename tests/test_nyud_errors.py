@@ -1,5 +1,6 @@
 """Bad input to tools/prepare_nyud.py: one clear ``error:`` line naming the file, exit code 2,
-and no output (or temporary folder) left behind. Also: no-op rerun, --force, --check."""
+and no output (or temporary folder) left behind. Also: no-op rerun, --force (which replaces
+only a tree the tool stamped), --check."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 
 from cmim_dense.nyud_io import convert as prepare
-from cmim_dense.nyud_io.mat import write_class_mapping_mat, write_splits_mat
+from cmim_dense.nyud_io.mat import NYUDFormatError, write_class_mapping_mat, write_splits_mat
 from cmim_dense.nyud_io.synth import generate_synth_nyud
+from cmim_dense.utils.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "prepare_nyud.py"
@@ -206,16 +208,86 @@ def test_output_parent_read_only(raw, tmp_path, capsys) -> None:
 
 
 def test_existing_partial_output_is_refused_and_kept(raw, tmp_path, capsys) -> None:
+    """A partial tree without the stamp is not ours: refused, with or without --force."""
     out = tmp_path / "out"
     (out / "images" / "train").mkdir(parents=True)
     (out / "images" / "train" / "0001.png").write_bytes(b"half")
+    for extra in ((), ("--force",)):
+        _expect_error(
+            capsys,
+            _args(raw.labeled, raw.splits, raw.mapping, out, *extra),
+            tmp_path,
+            str(out),
+            "not a tree written by prepare_nyud",
+        )
+    assert (out / "images" / "train" / "0001.png").read_bytes() == b"half"
+
+
+@pytest.mark.parametrize("foreign", ["file_inside", "other_stamp", "file_at_out"])
+def test_force_refuses_foreign_output(raw, tmp_path, capsys, foreign) -> None:
+    out = tmp_path / "out"
+    if foreign == "file_at_out":
+        out.write_text("my notes")
+        keep = out
+    else:
+        out.mkdir()
+        keep = out / ("notes.txt" if foreign == "file_inside" else prepare.INFO_FILE)
+        keep.write_text('{"format": "someone-else/1"}')
+    text = keep.read_text()
+    err = _expect_error(
+        capsys,
+        _args(raw.labeled, raw.splits, raw.mapping, out, "--force"),
+        tmp_path,
+        str(out),
+        "even with --force",
+    )
+    assert err.startswith(f"error: {out}: ")
+    assert keep.read_text() == text and _leftovers(tmp_path) == []
+
+
+def test_force_rebuilds_stamped_partial_tree(raw, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert tool.main(_args(raw.labeled, raw.splits, raw.mapping, out)) == 0
+    lost = sorted((out / "depth" / "test").iterdir())
+    for path in lost:
+        path.unlink()
+    (out / "images" / "extra.txt").write_text("left by a crash")
     _expect_error(
         capsys, _args(raw.labeled, raw.splits, raw.mapping, out), tmp_path, "partial", "--force"
     )
-    assert (out / "images" / "train" / "0001.png").read_bytes() == b"half"
     assert tool.main(_args(raw.labeled, raw.splits, raw.mapping, out, "--force")) == 0
     assert tool.main(["--check", str(out)]) == 0
+    assert sorted((out / "depth" / "test").iterdir()) == lost
+    assert not (out / "images" / "extra.txt").exists() and _leftovers(tmp_path) == []
+
+
+def test_force_into_empty_folder(raw, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    assert tool.main(_args(raw.labeled, raw.splits, raw.mapping, out, "--force")) == 0
+    assert tool.main(["--check", str(out)]) == 0
+
+
+def test_output_filled_during_conversion_is_kept(raw, tmp_path, monkeypatch, capsys) -> None:
+    """OUT is checked again before the swap: a folder that appeared meanwhile is not replaced."""
+    out = tmp_path / "out"
+    convert = prepare._convert
+
+    def convert_then_someone_writes(*args, **kwargs):
+        convert(*args, **kwargs)
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(prepare, "_convert", convert_then_someone_writes)
+    assert tool.main(_args(raw.labeled, raw.splits, raw.mapping, out, "--force")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out}: not empty") and "\n" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert _leftovers(tmp_path) == []
+
+
+def test_format_error_is_the_project_input_error() -> None:
+    assert issubclass(NYUDFormatError, InputError)
 
 
 def test_rerun_is_noop_and_force_rebuilds(raw, tmp_path, capsys) -> None:

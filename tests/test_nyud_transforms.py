@@ -1,5 +1,6 @@
 """The NYUD training pipeline keeps image, segmentation and depth aligned through random scale,
-crop and flip, and pads segmentation with 255 and depth with 0."""
+crop and flip, rescales depth with the image (RandomResizeDepth), and its batches are padded
+(by the model's DenseDataPreProcessor) with 255 for segmentation and 0 for depth."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
-from mmseg.registry import DATASETS, TRANSFORMS
+from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
 from mmseg.utils import stack_batch
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "_base_" / "datasets" / "nyud.py"
+from cmim_dense.datasets import RandomResizeDepth
+from cmim_dense.utils.errors import InputError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIG = CONFIGS / "_base_" / "datasets" / "nyud.py"
+MAIN_CONFIG = CONFIGS / "nyud_deeplab_bin_r18.py"  # the dataset above with the model's batching
 H, W, ROWS, COLS = 480, 640, 8, 8
 
 
@@ -59,55 +66,112 @@ def _uniform(a: np.ndarray, k: int = 5) -> np.ndarray:
     return cv2.erode(a, kernel) == cv2.dilate(a, kernel)
 
 
-def test_scale_crop_flip_keep_alignment(tree: Path) -> None:
+def _check_alignment(img: np.ndarray, seg: np.ndarray, depth: np.ndarray, scale: float) -> None:
+    """Every pixel away from block edges carries the label and the depth (in metres, divided by
+    the applied ``scale``) of the block its colour encodes."""
+    red, green = img[2], img[1]
+    inside = _uniform(seg) & _uniform(red) & _uniform(green)
+    assert inside.sum() > 0.5 * seg.size
+    r, c = (red[inside].astype(int) - 30) // 25, (green[inside].astype(int) - 30) // 25
+    assert np.all((red[inside] - 30) % 25 == 0) and np.all((green[inside] - 30) % 25 == 0)
+    want_seg = np.vectorize(_block_label)(r, c)
+    want_depth = np.vectorize(_block_depth_mm)(r, c) / 1000.0 / scale
+    np.testing.assert_array_equal(seg[inside], want_seg)
+    np.testing.assert_allclose(depth[inside], want_depth, rtol=1e-6, atol=0)
+
+
+def test_training_batches_keep_alignment_rescale_depth_and_pad(tree: Path) -> None:
+    main = Config.fromfile(MAIN_CONFIG)
+    crop_h, crop_w = main.crop_size
+    assert tuple(main.model.data_preprocessor.size) == (crop_h, crop_w)
+    preprocessor = MODELS.build(main.model.data_preprocessor)
     dataset = _train_dataset(tree)
-    flipped = padded = upscaled = 0
+    samples, raw = [], []
+    flipped = upscaled = 0
     for seed in range(12):
         np.random.seed(seed)
         random.seed(seed)
         sample = dataset[0]
         meta = sample["data_samples"].metainfo
-        img = sample["inputs"].numpy()  # (3, H, W) BGR
+        img = sample["inputs"].numpy()  # (3, h, w) BGR, h <= crop_h, w <= crop_w
         seg = sample["data_samples"].gt_sem_seg.data.numpy()[0].astype(np.uint8)
         depth = sample["data_samples"].gt_depth_map.data.numpy()[0]
-        assert img.shape == (3, H, W) and seg.shape == depth.shape == (H, W)
+        assert img.shape[1] <= crop_h and img.shape[2] <= crop_w
+        assert seg.shape == depth.shape == img.shape[1:]
         flipped += bool(meta["flip"])
-        upscaled += meta["scale_factor"][0] > 1.05
+        w_scale, h_scale = meta["scale_factor"]
+        assert w_scale == pytest.approx(h_scale, rel=5e-3)  # keep_ratio
+        upscaled += w_scale > 1.05
+        _check_alignment(img, seg, depth, np.sqrt(w_scale * h_scale))
+        samples.append(sample)
+        raw.append((img, seg, depth))
+    assert flipped and upscaled  # each transform was exercised
 
-        pad = img.sum(axis=0) == 0
+    batch = preprocessor(pseudo_collate(samples), training=True)
+    assert tuple(batch["inputs"].shape) == (len(samples), 3, crop_h, crop_w)
+    mean, std = preprocessor.mean.numpy(), preprocessor.std.numpy()
+    padded = 0
+    for i, (img, seg, depth) in enumerate(raw):
+        h, w = seg.shape
+        got = batch["data_samples"][i]
+        got_seg = got.gt_sem_seg.data.numpy()[0]
+        got_depth = got.gt_depth_map.data.numpy()[0]
+        assert got_seg.shape == got_depth.shape == (crop_h, crop_w)
+        np.testing.assert_array_equal(got_seg[:h, :w], seg)
+        np.testing.assert_array_equal(got_depth[:h, :w], depth)
+        np.testing.assert_allclose(
+            batch["inputs"][i, :, :h, :w].numpy(), (img[::-1] - mean) / std, rtol=0, atol=1e-4
+        )
+        pad = np.ones((crop_h, crop_w), bool)
+        pad[:h, :w] = False
         padded += bool(pad.any())
-        assert np.all(seg[pad] == 255) and np.all(depth[pad] == 0)
-        assert not np.any(np.isclose(depth, 255.0))
-
-        red, green = img[2], img[1]
-        inside = _uniform(seg) & _uniform(red) & _uniform(green) & ~pad
-        assert inside.sum() > 0.5 * (~pad).sum()
-        r, c = (red[inside].astype(int) - 30) // 25, (green[inside].astype(int) - 30) // 25
-        assert np.all((red[inside] - 30) % 25 == 0) and np.all((green[inside] - 30) % 25 == 0)
-        want_seg = np.vectorize(_block_label)(r, c)
-        want_depth = np.vectorize(_block_depth_mm)(r, c) / 1000.0
-        np.testing.assert_array_equal(seg[inside], want_seg)
-        np.testing.assert_allclose(depth[inside], want_depth, rtol=0, atol=1e-6)
-    assert flipped and padded and upscaled  # each transform was exercised
+        assert np.all(got_seg[pad] == 255) and np.all(got_depth[pad] == 0)
+        assert not np.any(np.isclose(got_depth, 255.0))
+    assert padded  # a crop of a shrunk image was smaller than crop_size
 
 
-def test_pad_seg_depth_values() -> None:
-    pad = TRANSFORMS.build(dict(type="PadSegDepth", size=(5, 4)))  # (w, h) like mmcv's Pad
+@pytest.mark.parametrize("ratio", [2.0, 0.5])
+def test_random_resize_depth_divides_depth_by_scale(ratio: float) -> None:
+    """8x12 maps of 2x2 blocks: block (r, c) has label 10 r + c and depth 1 + r + 0.25 c metres,
+    or 0 (invalid) where (r + c) % 3 == 0."""
+    rows, cols = np.meshgrid(np.arange(4), np.arange(6), indexing="ij")
+    labels = (10 * rows + cols).astype(np.uint8)
+    depth = np.where((rows + cols) % 3 == 0, 0, 1 + rows + 0.25 * cols).astype(np.float32)
+
+    def up(a: np.ndarray, k: int) -> np.ndarray:
+        return np.repeat(np.repeat(a, k, axis=0), k, axis=1)
+
     results = dict(
-        img=np.full((2, 3, 3), 9, np.uint8),
-        gt_seg_map=np.full((2, 3), 7, np.uint8),
-        gt_depth_map=np.full((2, 3), 2.5, np.float32),
+        img=np.dstack([up(labels, 2)] * 3),
+        gt_seg_map=up(labels, 2),
+        gt_depth_map=up(depth, 2),
         seg_fields=["gt_seg_map", "gt_depth_map"],
     )
-    out = pad(results)
-    assert out["img"].shape == (4, 5, 3) and out["img"][3, 4].tolist() == [0, 0, 0]
-    assert out["gt_seg_map"].shape == (4, 5) and out["gt_seg_map"][3, 4] == 255
-    assert out["gt_depth_map"].shape == (4, 5) and out["gt_depth_map"][3, 4] == 0
-    assert out["gt_seg_map"][1, 2] == 7 and out["gt_depth_map"][1, 2] == 2.5
+    resize = RandomResizeDepth(scale=(12, 8), ratio_range=(ratio, ratio), keep_ratio=True)
+    out = resize(results)
+    k = int(2 * ratio)  # pixels per block side after resizing
+    assert out["scale_factor"] == (ratio, ratio)
+    assert out["img"].shape == (4 * k, 6 * k, 3)
+    np.testing.assert_array_equal(out["gt_seg_map"], up(labels, k))  # values untouched
+    assert out["gt_depth_map"].dtype == np.float32
+    np.testing.assert_allclose(out["gt_depth_map"], up(depth / ratio, k), rtol=1e-6, atol=0)
+    assert np.all(out["gt_depth_map"][up(depth == 0, k)] == 0)  # invalid stays invalid
+
+
+def test_random_resize_depth_needs_keep_ratio() -> None:
+    with pytest.raises(InputError, match="keep_ratio"):
+        RandomResizeDepth(scale=(12, 8), ratio_range=(0.5, 2.0), keep_ratio=False)
+
+
+def test_nyud_pipeline_uses_random_resize_depth() -> None:
+    pipeline = Config.fromfile(CONFIG).train_pipeline
+    (step,) = [t for t in pipeline if "Resize" in t.type]
+    assert step.type == "RandomResizeDepth" and tuple(step.ratio_range) == (0.5, 2.0)
+    assert isinstance(TRANSFORMS.build(step), RandomResizeDepth)
 
 
 def test_mmseg_batch_padding_would_fill_depth_with_255() -> None:
-    """Why the pipeline pads itself: mmseg's collation pads depth with seg_pad_val."""
+    """Why DenseDataPreProcessor pads depth itself: mmseg's collation pads it with seg_pad_val."""
     sample = SegDataSample()
     sample.gt_sem_seg = PixelData(data=torch.zeros(1, 2, 2, dtype=torch.long))
     sample.gt_depth_map = PixelData(data=torch.ones(1, 2, 2))

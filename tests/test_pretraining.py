@@ -27,7 +27,7 @@ from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import MODELS
 
-from cmim_dense.engine.launch import init_cpu_distributed
+from cmim_dense.engine.distributed import init_cpu_distributed
 from cmim_dense.evaluation.report import read_run_metrics
 from cmim_dense.models.backbones.bin_resnet import BinaryResNet
 
@@ -65,7 +65,7 @@ def _classifier(cmim_lambda: float, cmim: dict | None):
             num_classes=4,
             cmim_lambda=cmim_lambda,
             cmim=cmim,
-            tap_pool=2,
+            tap_size=2,
             data_preprocessor=dict(type="BaseDataPreprocessor"),
         )
     )
@@ -193,7 +193,7 @@ model = dict(
     num_classes=4,
     cmim_lambda=0.5,
     cmim=dict(critic="embed", n_nce=16, embed_dim=16, hidden_dim=16),
-    tap_pool=2,
+    tap_size=2,
 )
 optim_wrapper = dict(optimizer=dict(_delete_=True, type="Adam", lr=1e-3))
 train_dataloader = {_loader(8, split="train", **data)}
@@ -279,7 +279,7 @@ model = dict(
     backbone=dict(base_channels=8),
     cmim_lambda=0.5,
     cmim=dict(_delete_=True, type="CMIMLoss", critic="flip", n_nce=0),
-    tap_pool=2,
+    tap_size=2,
 )
 optim_wrapper = dict(optimizer=dict(_delete_=True, type="Adam", lr=1e-3))
 train_dataloader = {_loader(8, workers=1, **data)}
@@ -351,7 +351,7 @@ model = dict(
     backbone=dict(base_channels=8),
     cmim_lambda=0.5,
     cmim=dict(n_nce=20, embed_dim=16, hidden_dim=16),
-    tap_pool=2,
+    tap_size=2,
 )
 optim_wrapper = dict(optimizer=dict(_delete_=True, type="Adam", lr=1e-3))
 train_dataloader = {_loader(4, **data)}

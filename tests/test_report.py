@@ -16,10 +16,13 @@ from cmim_dense.evaluation.report import (
     SIZE_RANGE,
     RunDirError,
     _dot_sizes,
+    fig5_figure,
     read_run_metrics,
+    run_labels,
     write_run_metrics,
 )
 from cmim_dense.evaluation.visualize import save_predictions_npz
+from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_bytes_atomic, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,9 +109,10 @@ def test_report_tool_writes_all_files(run_dirs, tmp_path):
     with Image.open(out / "fig5.png") as im:
         assert im.format == "PNG" and im.size == (900, 660)  # 7.5 x 5.5 in at 120 dpi
     with Image.open(out / "qualitative.png") as im:
-        # 5 tiles of 2.4 in at 100 dpi; 2 rows of 2.4 * 8/12 in, plus 0.4 in for titles.
-        assert im.size[0] == pytest.approx(1200, abs=1)
-        assert im.size[1] == pytest.approx(100 * (2 * 2.4 * 8 / 12 + 0.4), abs=1)
+        # 0.4 in margin and row labels + 5 tiles of 2.4 in + 4 gaps of 0.05 in + 0.1 in margin
+        assert im.size[0] == pytest.approx(100 * 12.7, abs=1)
+        # title and column titles 0.7 in, 2 rows of 2.4 * 8/12 in, gap, key band 0.8 in, legend
+        assert im.size[1] > 100 * (0.7 + 2 * 1.6 + 0.05 + 0.8)
 
 
 def test_report_tool_missing_metrics_exits_2(run_dirs, tmp_path):
@@ -135,6 +139,7 @@ def test_metrics_json_roundtrip_and_errors(tmp_path):
     assert record["name"] == "r" and record["config"] == "c.py"
     assert record["meta"] == {**meta, "pretrain_top1": None, "pretrain_top5": None}
     assert record["metrics"] == {"mIoU": 1.0, "IoU.x": None}
+    assert issubclass(RunDirError, InputError)
     path.write_text("{not json")
     with pytest.raises(RunDirError, match="not valid JSON"):
         read_run_metrics(tmp_path)
@@ -160,3 +165,115 @@ def test_fig5_dot_sizes_follow_top1():
     assert sizes == [small, DEFAULT_SIZE, big, (small + big) / 2]
     assert legend == [(50.0, small), (60.0, (small + big) / 2), (70.0, big)]
     assert _dot_sizes([None, None]) == ([DEFAULT_SIZE] * 2, [])
+
+
+def _edit_metrics(run_dir: Path, edit) -> None:
+    path = run_dir / "metrics.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(meta="oops"), "'meta' must be an object or null, got \"oops\""),
+        (lambda r: r.update(meta=[1]), "'meta' must be an object"),
+        (lambda r: r["metrics"].update(rmse=-0.5), "metrics['rmse'] must be > 0 metres"),
+        (lambda r: r["metrics"].update(rmse=0), "metrics['rmse'] must be > 0 metres"),
+        (lambda r: r["metrics"].update(rmse="0.7"), "metrics['rmse'] must be a finite number"),
+        (lambda r: r["metrics"].update(mIoU=[1]), "metrics['mIoU'] must be a finite number"),
+        (lambda r: r["metrics"].update(mIoU=True), "metrics['mIoU'] must be a finite number"),
+        (lambda r: r["meta"].update(pretrain_top1="65"), "meta['pretrain_top1'] must be"),
+        (lambda r: r["meta"].update(binarizer=3), "meta['binarizer'] must be a string"),
+        (lambda r: r.update(name=""), "'name' must be a non-empty string"),
+    ],
+)
+def test_report_tool_bad_metrics_exits_2(run_dirs, tmp_path, capsys, edit, message):
+    _edit_metrics(run_dirs[1], edit)
+    out = tmp_path / "report"
+    assert _load_tool().main([*map(str, run_dirs), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err_lines = captured.err.strip().splitlines()
+    assert len(err_lines) == 1 and err_lines[0].startswith("error: ")
+    assert str(run_dirs[1] / "metrics.json") in err_lines[0] and message in err_lines[0]
+    assert captured.out == ""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_report_tool_non_finite_rmse_exits_2(run_dirs, tmp_path, capsys, literal):
+    path = run_dirs[0] / "metrics.json"
+    text = path.read_text()
+    path.write_text(text.replace('"rmse": 0.75', f'"rmse": {literal}'))
+    assert f'"rmse": {literal}' in path.read_text()
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("old")
+    assert _load_tool().main([*map(str, run_dirs), "--out", str(out)]) == 2
+    (err_line,) = capsys.readouterr().err.strip().splitlines()
+    assert err_line.startswith(f"error: {path}: ")
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]  # output folder untouched
+    assert (out / "report.md").read_text() == "old"
+
+
+def test_nan_rmse_stays_missing(tmp_path):
+    run_dir = tmp_path / "nan_depth"
+    metrics = {"mIoU": 30.0, "rmse": math.nan, "neg_log_rmse": math.nan, "delta1": math.nan}
+    write_run_metrics(run_dir, "nan_depth", "c.py", "k.pth", {}, metrics)
+    assert '"rmse": null' in (run_dir / "metrics.json").read_text()
+    out = tmp_path / "report"
+    assert _load_tool().main([str(run_dir), "--out", str(out)]) == 0
+    (row,) = json.loads((out / "report.json").read_text())
+    assert row["mIoU"] == 30.0
+    assert row["rmse"] is None and row["neg_log_rmse"] is None and row["delta1"] is None
+    cells = _markdown_rows((out / "report.md").read_text())["nan_depth"]
+    assert cells["RMSE (m)"] == cells["-log RMSE"] == cells["delta1 (%)"] == "-"
+
+
+def test_duplicate_names_get_distinct_labels(tmp_path):
+    meta, metrics = RUNS["cmim_react"]
+    dirs = [tmp_path / "a" / "seed0", tmp_path / "a" / "seed1", tmp_path / "b" / "seed0"]
+    for i, run_dir in enumerate(dirs):
+        write_run_metrics(run_dir, "same", "c.py", "k.pth", meta, {**metrics, "mIoU": 30.0 + i})
+    out = tmp_path / "report"
+    assert _load_tool().main([*map(str, dirs), "--out", str(out)]) == 0
+    labels = ["same [seed0] #1", "same [seed1]", "same [seed0] #2"]
+    rows = json.loads((out / "report.json").read_text())
+    assert [r["label"] for r in rows] == labels
+    assert [r["name"] for r in rows] == ["same"] * 3  # as in metrics.json
+    assert [r["mIoU"] for r in rows] == [30.0, 31.0, 32.0]
+    table = _markdown_rows((out / "report.md").read_text())
+    assert {k: v["mIoU (%)"] for k, v in table.items()} == dict(
+        zip(labels, ["30.00", "31.00", "32.00"])
+    )
+    annotations = [t.get_text() for t in fig5_figure(rows).axes[0].texts]
+    assert annotations == labels
+
+
+def test_run_labels_rules():
+    assert run_labels(["a", "b"], ["x/1", "x/2"]) == ["a", "b"]  # unique names are kept
+    assert run_labels(["a", "a", "b"], ["x/r1", "y/r2", "z/r3"]) == ["a [r1]", "a [r2]", "b"]
+    # A generated label that collides with another run's own name is numbered too.
+    got = run_labels(["a", "a", "a [r]"], ["x/r", "y/r", "z/q"])
+    assert got == ["a [r] #1", "a [r] #2", "a [r] #3"]
+    assert len(set(got)) == 3
+
+
+def test_report_tool_bad_prediction_file_exits_2(run_dirs, tmp_path, capsys):
+    bad = run_dirs[1] / "predictions" / "img_0.npz"
+    bad.write_bytes(b"not an npz")
+    out = tmp_path / "report"
+    assert _load_tool().main([*map(str, run_dirs), "--out", str(out)]) == 2
+    (err_line,) = capsys.readouterr().err.strip().splitlines()
+    assert err_line.startswith(f"error: {bad}: not a readable prediction file")
+    assert not out.exists()
+
+
+def test_report_tool_out_is_a_file_exits_2(run_dirs, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.write_text("a file")
+    assert _load_tool().main([*map(str, run_dirs), "--out", str(out), "--num-images", "0"]) == 2
+    (err_line,) = capsys.readouterr().err.strip().splitlines()
+    assert err_line.startswith(f"error: cannot use {out} as the output folder")
+    assert out.read_text() == "a file"

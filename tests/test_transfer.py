@@ -28,10 +28,11 @@ from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import MODELS
 
-from cmim_dense.engine.launch import train
+from cmim_dense.engine.runs import train
 from cmim_dense.evaluation.report import read_run_metrics
 from cmim_dense.evaluation.visualize import load_predictions_npz
-from cmim_dense.models.backbones.bin_resnet import BinaryResNet, CheckpointMismatchError
+from cmim_dense.models.backbones.bin_resnet import BinaryResNet
+from cmim_dense.utils.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -104,10 +105,9 @@ train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations"),
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
-    dict(type="RandomResize", scale=(80, 60), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type="RandomResizeDepth", scale=(80, 60), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size),
     dict(type="RandomFlip", prob=0.5),
-    dict(type="PadSegDepth", size=(80, 60), pad_val=dict(img=0, seg=255, depth=0)),
     dict(type="PackSegInputs"),
 ]
 loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
@@ -304,7 +304,7 @@ def test_wrong_width_checkpoint_names_the_shapes(transfer, tmp_path):
     model_cfg = Config.fromfile(transfer["base"]).model
     model_cfg.backbone.pretrained = str(ckpt)
     model = MODELS.build(model_cfg)
-    with pytest.raises(CheckpointMismatchError, match=r"channels \(8, 16, 32, 64\).*wrong shape"):
+    with pytest.raises(CheckpointError, match=r"channels \(8, 16, 32, 64\).*wrong shape"):
         model.init_weights()
 
 

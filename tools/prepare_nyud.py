@@ -5,6 +5,8 @@
     python tools/prepare_nyud.py --check data/nyud
 
 Bad input prints one ``error: ...`` line and exits with status 2, leaving no output behind.
+``--force`` replaces only an empty folder or a tree this tool wrote (stamped ``nyud_info.json``);
+anything else at ``--out`` is refused and left alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import sys
 
 from cmim_dense.nyud_io.convert import check_nyud_tree, prepare_nyud
-from cmim_dense.nyud_io.mat import NYUDFormatError
+from cmim_dense.utils.errors import InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="output folder, e.g. data/nyud")
     parser.add_argument("--classes", type=int, choices=(40, 13), default=40)
-    parser.add_argument("--force", action="store_true", help="rebuild an existing output")
+    parser.add_argument("--force", action="store_true", help="rebuild an output this tool wrote")
     parser.add_argument("--check", metavar="DIR", help="only verify an existing prepared tree")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             progress=not args.quiet,
         )
-    except NYUDFormatError as exc:
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint and write ``<work_dir>/metrics.json``.
 
 python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--name NAME]
-                     [--cfg-options key=value ...] [--launcher none|pytorch|slurm]
+                     [--backend torch|openvino] [--cfg-options key=value ...]
+                     [--launcher none|pytorch|slurm]
 """
 
 import argparse
@@ -9,7 +10,8 @@ import json
 import sys
 
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.launch import add_common_args, test
+from cmim_dense.engine.cli import add_common_args, run_tool
+from cmim_dense.engine.runs import test
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,28 +21,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="run directory: metrics.json and predictions/ go here")
     parser.add_argument("--show-dir", help="save a picture of every test image's predictions")
     parser.add_argument("--name", help="run name in metrics.json and reports (default: config)")
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "openvino"],
+        help="run the frozen binary backbone in PyTorch or as a bit-packed OpenVINO model",
+    )
     add_common_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+    options = dict(args.cfg_options or {})
+    if args.backend != "torch":
+        options["model.backbone_backend"] = args.backend
+
+    def job() -> None:
         _, metrics = test(
             args.config,
             args.checkpoint,
             args.work_dir,
-            args.cfg_options,
+            options,
             args.launcher,
             args.show_dir,
             args.name,
         )
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    headline = {k: v for k, v in metrics.items() if "." not in k}
-    print(json.dumps(headline, indent=1, default=float))
-    return 0
+        headline = {k: v for k, v in metrics.items() if "." not in k}
+        print(json.dumps(headline, indent=1, default=float))
+
+    return run_tool(job)
 
 
 if __name__ == "__main__":

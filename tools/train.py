@@ -8,8 +8,8 @@ import argparse
 import sys
 
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.launch import add_common_args, train
-from cmim_dense.models import CheckpointMismatchError
+from cmim_dense.engine.cli import add_common_args, run_tool
+from cmim_dense.engine.runs import train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,12 +29,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def job() -> None:
         train(args.config, args.work_dir, args.resume, args.amp, args.cfg_options, args.launcher)
-    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_tool(job)
 
 
 if __name__ == "__main__":

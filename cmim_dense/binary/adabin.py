@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmim_dense.binary.functions import ede_sign, sign_ste
+from cmim_dense.binary.functions import ede_sign
 from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
@@ -48,9 +48,11 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
         alpha = (w - beta).pow(2).mean(dim=dims, keepdim=True).sqrt()
         return beta, alpha.clamp_min(1e-8)
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        u = (x - self.beta_a) / self.alpha_a
-        return self.alpha_a * sign_ste(u) + self.beta_a
+    def activation_threshold(self) -> tuple[Tensor, Tensor]:
+        return self.beta_a, self.alpha_a
+
+    def activation_levels(self) -> tuple[Tensor, Tensor]:
+        return self.alpha_a, self.beta_a
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         beta, alpha = self.weight_set(w)

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
 from torch import Tensor, nn
 
 from cmim_dense.binary.functions import sign_ste
+
+
+class BinaryActivation(NamedTuple):
+    """One layer's activation binarization, all (N, C_in, H, W).
+
+    latent: u, the real tensor whose sign is taken (the CMIM paper's a_F).
+    sign: sign(u) in exactly {-1, +1}, with the method's surrogate gradient (the paper's a_B).
+    value: what the conv reads, ``scale * sign + offset`` (``sign`` itself for most methods).
+    """
+
+    latent: Tensor
+    sign: Tensor
+    value: Tensor
 
 
 class Binarizer(nn.Module):
@@ -12,8 +28,22 @@ class Binarizer(nn.Module):
 
     A binarizer is built once per :class:`~cmim_dense.binary.BinaryConv2d`, so methods
     with learnable per-layer or per-channel parameters (ReAct thresholds, RBNN rotations,
-    AdaBin sets) own them here. Subclasses override the two ``binarize_*`` methods and,
-    if their backward depends on training progress, :meth:`set_progress`.
+    AdaBin sets) own them here.
+
+    Activations follow one form for every method::
+
+        u   = (x - center) / spread         the latent real tensor   (activation_threshold)
+        a_B = scale * sign(u) + offset      the binary activation    (activation_levels)
+
+    with sign(u) = +1 if u > 0 else -1, and the method's surrogate gradient
+    (:meth:`activation_sign`). ``center`` is a scalar or (1, C_in, 1, 1); ``spread``, ``scale``
+    and ``offset`` are scalars. The same form is what an inference engine folds into a
+    bit-packed convolution (:mod:`cmim_dense.deploy`), and ``u`` is the a_F that the CMIM taps
+    read, so a_B = sign(a_F) exactly (the paper's Eq. 11).
+
+    Subclasses override :meth:`activation_threshold`, :meth:`activation_levels`,
+    :meth:`activation_sign` and :meth:`binarize_weight` as their method needs, and
+    :meth:`set_progress` if their backward depends on training progress.
 
     Args:
         in_channels: C_in of the layer (activation channels).
@@ -27,9 +57,32 @@ class Binarizer(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = tuple(kernel_size)
 
+    def activation_threshold(self) -> tuple[Tensor | float, Tensor | float]:
+        """(center, spread) of u = (x - center) / spread; (0, 1) means u = x."""
+        return 0.0, 1.0
+
+    def activation_levels(self) -> tuple[Tensor | float, Tensor | float]:
+        """(scale, offset) of a_B = scale * sign(u) + offset; (1, 0) means a_B = sign(u)."""
+        return 1.0, 0.0
+
+    def activation_sign(self, u: Tensor) -> Tensor:
+        """sign(u) in {-1, +1} with the method's surrogate gradient (default: clipped STE)."""
+        return sign_ste(u)
+
+    def activation(self, x: Tensor) -> BinaryActivation:
+        """(N, C_in, H, W) real input -> its latent u, sign(u) and the binary value."""
+        center, spread = self.activation_threshold()
+        u = x if _is_const(center, 0.0) else x - center
+        u = u if _is_const(spread, 1.0) else u / spread
+        sign = self.activation_sign(u)
+        scale, offset = self.activation_levels()
+        value = sign if _is_const(scale, 1.0) else sign * scale
+        value = value if _is_const(offset, 0.0) else value + offset
+        return BinaryActivation(u, sign, value)
+
     def binarize_activation(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) real -> (N, C_in, H, W) in the method's binary set."""
-        return sign_ste(x)
+        return self.activation(x).value
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         """(C_out, C_in, kh, kw) real -> same shape, binary times an optional scale."""
@@ -40,3 +93,8 @@ class Binarizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
+
+
+def _is_const(value: Tensor | float, const: float) -> bool:
+    """True if ``value`` is the Python number ``const`` (a tensor never is: it may be learned)."""
+    return not isinstance(value, torch.Tensor) and value == const

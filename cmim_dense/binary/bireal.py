@@ -18,8 +18,8 @@ class BiRealBinarizer(Binarizer):
     through sign with the clipped STE, scaled by mean(|W|).
     """
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        return approx_sign(x)
+    def activation_sign(self, u: Tensor) -> Tensor:
+        return approx_sign(u)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         return channel_mean_abs(w) * sign_ste(w)

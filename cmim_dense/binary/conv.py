@@ -14,11 +14,12 @@ TapFn = Callable[["BinaryConv2d", Tensor, Tensor], None]
 
 
 class BinaryConv2d(nn.Conv2d):
-    """``conv(binarize_activation(a_F), binarize_weight(W))``.
+    """``conv(binarize_activation(x), binarize_weight(W))``.
 
-    The latent real activation a_F (N, C_in, H, W) and its binary version a_B (same shape)
-    are handed to ``self.tap`` when one is attached (see :class:`ActivationTaps`), so a loss
-    can read both from the same forward pass. With no tap attached nothing is kept.
+    The binarizer's latent real activation a_F = u (N, C_in, H, W), the tensor whose sign is
+    taken, and a_B = sign(u) (same shape, exactly {-1, +1}) are handed to ``self.tap`` when one
+    is attached (see :class:`ActivationTaps`), so a loss can read both from the same forward
+    pass; a_B = sign(a_F) holds for every binarizer. With no tap attached nothing is kept.
 
     Args:
         binarizer: registered name or config dict of the binarization method.
@@ -65,11 +66,12 @@ class BinaryConv2d(nn.Conv2d):
             self._weight_cache = (state, self.binarizer.binarize_weight(self.weight))
         return self._weight_cache[1]
 
-    def forward(self, a_real: Tensor) -> Tensor:
-        a_bin = self.binarizer.binarize_activation(a_real)
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C_in, H, W) real input -> (N, C_out, H', W') conv of the binarized input."""
+        act = self.binarizer.activation(x)
         if self.tap is not None:
-            self.tap(self, a_real, a_bin)
+            self.tap(self, act.latent, act.sign)
         w_bin = self.binary_weight()
         return F.conv2d(
-            a_bin, w_bin, self.bias, self.stride, self.padding, self.dilation, self.groups
+            act.value, w_bin, self.bias, self.stride, self.padding, self.dilation, self.groups
         )

@@ -1,7 +1,10 @@
 """Sign functions with the surrogate gradients of the binarization literature.
 
-Every forward maps to exactly {-1, +1} (sign(0) = +1, so the set stays binary); the
-methods differ only in their backward. Shapes are unchanged: any tensor in, same shape out.
+Every forward maps to exactly {-1, +1}: sign(x) = +1 if x > 0, else -1, so sign(0) = -1. That
+is how OpenVINO's ``BinaryConvolution`` binarizes its input, so training and the deployed
+engine agree bit for bit; it also keeps the zeros of a ReLU output apart from its positive
+values. The methods differ only in their backward. Shapes are unchanged: any tensor in, same
+shape out.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from torch import Tensor
 
 
 def hard_sign(x: Tensor) -> Tensor:
-    """sign(x) with sign(0) = +1, so the output set is exactly {-1, +1}."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """+1 where x > 0, else -1 (so sign(0) = -1): the output set is exactly {-1, +1}."""
+    return torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x))
 
 
 class SurrogateSign(torch.autograd.Function):
@@ -74,6 +77,13 @@ def approx_sign(x: Tensor) -> Tensor:
 def ede_sign(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
     """sign with IR-Net's EDE gradient ``k t (1 - tanh(t x)^2)``; t, k are 0-d tensors."""
     return _EDESign.apply(x, t, k)
+
+
+def standardize_per_channel(w: Tensor) -> Tensor:
+    """(W - mean) / std per output channel (unbiased std, as torch.std): (O, ...) -> same shape."""
+    dims = tuple(range(1, w.dim()))
+    centred = w - w.mean(dim=dims, keepdim=True)
+    return centred / centred.std(dim=dims, keepdim=True).clamp_min(1e-12)
 
 
 def channel_mean_abs(w: Tensor) -> Tensor:

@@ -6,14 +6,15 @@ import torch
 from torch import Tensor
 
 from cmim_dense.binary.base import Binarizer
-from cmim_dense.binary.functions import ede_sign
+from cmim_dense.binary.functions import ede_sign, standardize_per_channel
 from cmim_dense.binary.registry import BINARIZERS
 
 
 def ede_schedule(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> tuple[float, float]:
     """EDE's (t, k) at ``progress = epoch / epochs``.
 
-    t = Tmin * 10^(progress * log10(Tmax / Tmin)), k = max(1 / t, 1).
+    t = Tmin * 10^(progress * log10(Tmax / Tmin)), k = max(1 / t, 1). RBNN's training-aware sign
+    uses the same schedule with Tmin = 1e-2.
     """
     t = t_min * 10 ** (progress * math.log10(t_max / t_min))
     return t, max(1.0 / t, 1.0)
@@ -54,12 +55,11 @@ class IRNetBinarizer(EDEScheduledBinarizer):
     updated every epoch by :class:`~cmim_dense.engine.BinarizerProgressHook`.
     """
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        return ede_sign(x, self.t, self.k)
+    def activation_sign(self, u: Tensor) -> Tensor:
+        return ede_sign(u, self.t, self.k)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         dims = tuple(range(1, w.dim()))
-        centred = w - w.mean(dim=dims, keepdim=True)
-        w_std = centred / centred.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        w_std = standardize_per_channel(w)
         scale = torch.pow(2.0, torch.round(torch.log2(w_std.abs().mean(dim=dims, keepdim=True))))
         return ede_sign(w_std, self.t, self.k) * scale.detach()

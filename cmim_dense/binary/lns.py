@@ -104,8 +104,8 @@ class LNSBinarizer(Binarizer):
         base = w / w.std().clamp_min(1e-12)
         return base + self.mapping(weight_features(w)).view_as(w)
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        return approx_sign(x)
+    def activation_sign(self, u: Tensor) -> Tensor:
+        return approx_sign(u)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         self._last_weight = w.detach()

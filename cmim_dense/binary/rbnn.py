@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cmim_dense.binary.base import Binarizer
-from cmim_dense.binary.functions import SurrogateSign, hard_sign
+from cmim_dense.binary.functions import SurrogateSign, hard_sign, standardize_per_channel
+from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
 
@@ -24,16 +24,6 @@ def factorize(n: int) -> tuple[int, int]:
         raise ValueError(f"cannot factorize n={n}; it must be a positive integer")
     n1 = next(i for i in range(math.isqrt(n), 0, -1) if n % i == 0)
     return n1, n // n1
-
-
-def rbnn_schedule(progress: float, t_min: float = 1e-2, t_max: float = 10.0) -> tuple[float, float]:
-    """RBNN's (t, k) at ``progress = epoch / epochs``.
-
-    t = 10^(log10 Tmin + progress * (log10 Tmax - log10 Tmin)), k = max(1 / t, 1).
-    """
-    log_min, log_max = math.log10(t_min), math.log10(t_max)
-    t = 10 ** (log_min + progress * (log_max - log_min))
-    return t, max(1.0 / t, 1.0)
 
 
 def random_orthogonal(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -56,7 +46,7 @@ def rbnn_sign(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
 
 
 @BINARIZERS.register_module(name="rbnn")
-class RBNNBinarizer(Binarizer):
+class RBNNBinarizer(EDEScheduledBinarizer):
     """Rotated weights W~, binarized as ``scale * sign(W~)``; a_B = sign(a).
 
     Forward, per output channel i (W_i is the (n1, n2) reshape of the channel's n weights):
@@ -68,10 +58,10 @@ class RBNNBinarizer(Binarizer):
     (C_out, 1, 1, 1) is learnable and set to mean(|W|) per channel at the first forward (the
     public code initialises its output scale the same way).
     Backward, for weights and activations: F'(x) = k max(0, sqrt(2) t - t^2 |x|) with (t, k)
-    from :func:`rbnn_schedule` (Tmin = 1e-2, Tmax = 10, the paper's defaults), driven by
-    :class:`~cmim_dense.engine.BinarizerProgressHook`. R1 and R2 are constants for autograd, so
-    dW~/dW_std = (1 - alpha) I + alpha * (rotation by R1, R2): the exact gradient of the
-    formula above (the public code instead detaches W_rot).
+    from IR-Net's :func:`~cmim_dense.binary.irnet.ede_schedule` (Tmin = 1e-2, Tmax = 10, the
+    paper's defaults), driven by :class:`~cmim_dense.engine.BinarizerProgressHook`. R1 and R2
+    are constants for autograd, so dW~/dW_std = (1 - alpha) I + alpha * (rotation by R1, R2):
+    the exact gradient of the formula above (the public code instead detaches W_rot).
 
     Args:
         t_min, t_max: range of t over training.
@@ -82,15 +72,11 @@ class RBNNBinarizer(Binarizer):
     def __init__(
         self, *args, t_min: float = 1e-2, t_max: float = 10.0, seed: int | None = None, **kwargs
     ):
-        super().__init__(*args, **kwargs)
-        self.t_min, self.t_max = t_min, t_max
+        super().__init__(*args, t_min=t_min, t_max=t_max, **kwargs)
         self.n1, self.n2 = factorize(self.in_channels * math.prod(self.kernel_size))
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         self.register_buffer("R1", random_orthogonal(self.n1, generator))
         self.register_buffer("R2", random_orthogonal(self.n2, generator))
-        t, k = rbnn_schedule(0.0, t_min, t_max)
-        self.register_buffer("t", torch.tensor(t))
-        self.register_buffer("k", torch.tensor(k))
         self.theta = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) * (math.pi / 2))
         self.scale = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
         self.register_buffer("scale_initialized", torch.tensor(False))
@@ -101,11 +87,6 @@ class RBNNBinarizer(Binarizer):
         super()._load_from_state_dict(*args, **kwargs)
         self._scale_checked = False  # the loaded flag decides again
 
-    def set_progress(self, progress: float) -> None:
-        t, k = rbnn_schedule(progress, self.t_min, self.t_max)
-        self.t.fill_(t)
-        self.k.fill_(k)
-
     def _standardize(self, w: Tensor) -> Tensor:
         """(C_out, C_in, kh, kw) -> (C_out, n1, n2), zero mean and unit std per output channel."""
         if w[0].numel() != self.n1 * self.n2:
@@ -113,11 +94,7 @@ class RBNNBinarizer(Binarizer):
                 f"RBNN expects {self.n1 * self.n2} weights per output channel (groups=1), "
                 f"got {w[0].numel()}"
             )
-        flat = w.flatten(1)
-        centred = flat - flat.mean(dim=1, keepdim=True)
-        return (centred / centred.std(dim=1, keepdim=True).clamp_min(1e-12)).view(
-            -1, self.n1, self.n2
-        )
+        return standardize_per_channel(w).view(-1, self.n1, self.n2)
 
     def rotated_weight(self, w: Tensor) -> Tensor:
         """The adjusted rotated weight W~, same shape as ``w`` (differentiable in w and theta)."""
@@ -126,8 +103,8 @@ class RBNNBinarizer(Binarizer):
         alpha = torch.sin(self.theta).abs().view(-1, 1, 1)
         return (x + alpha * (rotated - x)).view_as(w)
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        return rbnn_sign(x, self.t, self.k)
+    def activation_sign(self, u: Tensor) -> Tensor:
+        return rbnn_sign(u, self.t, self.k)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         if not self._scale_checked:

@@ -14,7 +14,7 @@ from cmim_dense.binary.registry import BINARIZERS
 
 @BINARIZERS.register_module(name="react")
 class ReActBinarizer(Binarizer):
-    """a_B = sign(a - alpha_c) with learnable alpha (1, C_in, 1, 1) and ApproxSign backward;
+    """a_B = sign(u), u = a - alpha_c, with learnable alpha (1, C_in, 1, 1) and ApproxSign backward;
     W_B = mean(|W|) * sign(W) per output channel, as in the public ReActNet code.
     """
 
@@ -22,8 +22,11 @@ class ReActBinarizer(Binarizer):
         super().__init__(*args, **kwargs)
         self.threshold = nn.Parameter(torch.zeros(1, self.in_channels, 1, 1))
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        return approx_sign(x - self.threshold)
+    def activation_threshold(self) -> tuple[Tensor, float]:
+        return self.threshold, 1.0
+
+    def activation_sign(self, u: Tensor) -> Tensor:
+        return approx_sign(u)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         return channel_mean_abs(w) * sign_ste(w)

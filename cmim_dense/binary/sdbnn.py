@@ -10,7 +10,7 @@ from cmim_dense.binary.registry import BINARIZERS
 
 @BINARIZERS.register_module(name="sdbnn")
 class SDBNNBinarizer(Binarizer):
-    """a_B = sign(a + act_shift), W_B = sign(W + weight_shift); outputs exactly {-1, +1}.
+    """a_B = sign(u), u = a + act_shift; W_B = sign(W + weight_shift); outputs exactly {-1, +1}.
 
     Activation Self Distribution: ``act_shift`` (1, C_in, 1, 1), one shift per input channel.
     Weight Self Distribution: ``weight_shift`` (C_out, 1, 1, 1), one shift per output channel.
@@ -25,8 +25,11 @@ class SDBNNBinarizer(Binarizer):
         self.act_shift = nn.Parameter(torch.zeros(1, self.in_channels, 1, 1))
         self.weight_shift = nn.Parameter(torch.zeros(self.out_channels, 1, 1, 1))
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        return approx_sign(x + self.act_shift)
+    def activation_threshold(self) -> tuple[Tensor, float]:
+        return -self.act_shift, 1.0  # u = a - (-shift) = a + shift, exactly
+
+    def activation_sign(self, u: Tensor) -> Tensor:
+        return approx_sign(u)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         return sign_ste(w + self.weight_shift)

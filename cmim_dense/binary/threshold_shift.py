@@ -11,11 +11,11 @@ from cmim_dense.binary.registry import BINARIZERS, build_binarizer
 
 @BINARIZERS.register_module(name="threshold_shift")
 class ThresholdShiftBinarizer(Binarizer):
-    """a_B = base_sign(a - theta); weights exactly as the base method binarizes them.
+    """a_B = base_sign(u), u = a - theta (minus the base's own centre); base weights.
 
     The base binarizer (``'xnor'``, ``'bireal'``, ``'ste'``, ... or a config dict) supplies the
-    weight rule and the activation backward rule, evaluated at a - theta. Since sign(0) = +1,
-    a = theta maps to +1 and anything below theta to -1.
+    weight rule, its activation levels and the activation backward rule, evaluated at u. Since
+    sign(0) = -1, a = theta maps to -1 and only values above theta to +1.
 
     Args:
         base: the base method, a registered name or config dict.
@@ -49,8 +49,15 @@ class ThresholdShiftBinarizer(Binarizer):
     def set_progress(self, progress: float) -> None:
         self.base.set_progress(progress)
 
-    def binarize_activation(self, x: Tensor) -> Tensor:
-        return self.base.binarize_activation(x - self.theta)
+    def activation_threshold(self) -> tuple[Tensor, Tensor | float]:
+        center, spread = self.base.activation_threshold()
+        return self.theta + center, spread
+
+    def activation_levels(self) -> tuple[Tensor | float, Tensor | float]:
+        return self.base.activation_levels()
+
+    def activation_sign(self, u: Tensor) -> Tensor:
+        return self.base.activation_sign(u)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         return self.base.binarize_weight(w)

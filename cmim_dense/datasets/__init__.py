@@ -2,7 +2,7 @@
 
 from cmim_dense.datasets.classification import CIFARClassification, ImageFolderClassification
 from cmim_dense.datasets.nyud import NYUDv2Dataset, NYUDv2Dataset13
-from cmim_dense.datasets.transforms import PadSegDepth
+from cmim_dense.datasets.transforms import RandomResizeDepth
 from cmim_dense.datasets.unlabeled import UnlabeledDataset
 
 __all__ = [
@@ -10,6 +10,6 @@ __all__ = [
     "ImageFolderClassification",
     "NYUDv2Dataset",
     "NYUDv2Dataset13",
-    "PadSegDepth",
+    "RandomResizeDepth",
     "UnlabeledDataset",
 ]

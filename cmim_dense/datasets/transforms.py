@@ -2,39 +2,58 @@
 
 from __future__ import annotations
 
-import mmcv
-from mmcv.transforms import Pad
+import math
+
+import numpy as np
+from mmcv.transforms import RandomResize
 from mmseg.registry import TRANSFORMS
+
+from cmim_dense.utils.errors import InputError
 
 
 @TRANSFORMS.register_module()
-class PadSegDepth(Pad):
-    """Pad the image and every map in ``seg_fields``, with a pad value per kind of map.
+class RandomResizeDepth(RandomResize):
+    """mmcv's ``RandomResize`` that also rescales the depth values, so that depth stays metric.
 
-    mmcv's ``Pad`` pads only ``gt_seg_map``, and mmseg's batch collation pads ``gt_depth_map``
-    with the segmentation pad value 255, i.e. 255 m of fake depth (DESIGN.md trap 6). Padding in
-    the pipeline to the crop size leaves nothing for the collation to pad, and pads depth with
-    ``pad_val['depth']`` (0 = invalid).
+    Enlarging an image by ``s`` shows the scene as a camera with the same intrinsics would see
+    it from ``s`` times closer (the apparent size of an object is inversely proportional to its
+    distance), so the depth of every pixel is divided by ``s``. Image and maps are resized as
+    by mmcv's ``RandomResize`` with mmseg's ``Resize`` (every map in ``seg_fields`` with nearest
+    neighbour, so labels and invalid depth stay exact); then ``gt_depth_map`` is divided by the
+    scale actually applied, ``results['scale_factor']`` (w, h), which with ``keep_ratio`` differ
+    only by rounding of the new size; their geometric mean is used. Depth 0 (invalid) stays 0.
+
+    Required keys: ``img`` (H, W, 3) uint8; optional ``gt_seg_map`` (H, W) class ids and
+    ``gt_depth_map`` (H, W) float32 metres, both listed in ``seg_fields``.
+    Modified keys: ``img``, every map in ``seg_fields`` (H', W'), with H' ~ s H and W' ~ s W,
+    ``gt_depth_map`` in metres as seen from ``s`` times closer.
+    Added keys: ``scale``, ``scale_factor`` (w, h), ``keep_ratio``.
 
     Args:
-        size: padded size as (w, h), like mmcv's ``Pad``.
-        pad_val: dict with ``img``, ``seg`` (for ``gt_seg_map`` and other label maps) and
-            ``depth`` (for ``gt_depth_map``).
-        **kwargs: the rest of :class:`mmcv.transforms.Pad`'s arguments.
+        scale: base (w, h) as for mmcv's ``RandomResize``.
+        ratio_range: range of the random ratio applied to ``scale``.
+        resize_type: the resize transform; mmseg's ``Resize`` resizes every map in
+            ``seg_fields`` (mmcv's own ``Resize`` only ``gt_seg_map``).
+        **resize_kwargs: arguments of the resize transform; ``keep_ratio`` must be True, since
+            an anisotropic resize has no single equivalent change of distance.
     """
 
-    def __init__(self, pad_val: dict | None = None, **kwargs) -> None:
-        pad_val = {"img": 0, "seg": 255, "depth": 0, **(pad_val or {})}
-        super().__init__(pad_val=pad_val, **kwargs)
+    def __init__(
+        self,
+        scale: tuple[int, int] | list[tuple[int, int]],
+        ratio_range: tuple[float, float] | None = None,
+        resize_type: str = "mmseg.Resize",
+        **resize_kwargs,
+    ) -> None:
+        if not resize_kwargs.get("keep_ratio", False):
+            raise InputError("RandomResizeDepth needs keep_ratio=True")
+        super().__init__(scale, ratio_range, resize_type, **resize_kwargs)
 
-    def _pad_seg(self, results: dict) -> None:
-        for key in results.get("seg_fields", []):
-            if results.get(key) is None:
-                continue
-            value = self.pad_val["depth" if key == "gt_depth_map" else "seg"]
-            results[key] = mmcv.impad(
-                results[key],
-                shape=results["pad_shape"][:2],
-                pad_val=value,
-                padding_mode=self.padding_mode,
-            )
+    def transform(self, results: dict) -> dict:
+        results = super().transform(results)
+        depth = results.get("gt_depth_map")
+        if depth is not None:
+            w_scale, h_scale = results["scale_factor"]
+            scale = math.sqrt(w_scale * h_scale)
+            results["gt_depth_map"] = (depth / scale).astype(np.float32, copy=False)
+        return results

@@ -8,8 +8,8 @@ from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 from torch import nn
 
-from cmim_dense.binary.conv import BinaryConv2d
 from cmim_dense.binary.rbnn import RBNNBinarizer
+from cmim_dense.engine.hooks import trained_binary_convs
 
 
 @HOOKS.register_module()
@@ -37,11 +37,9 @@ class RBNNRotationHook(Hook):
         self.num_steps = num_steps
 
     def update(self, model: nn.Module) -> int:
-        """Update all RBNN layers of ``model`` (also nested ones); returns how many."""
+        """Update the trained (not frozen) RBNN layers of ``model``; returns how many."""
         count = 0
-        for conv in model.modules():
-            if not isinstance(conv, BinaryConv2d):
-                continue
+        for conv in trained_binary_convs(model):
             for binarizer in conv.binarizer.modules():
                 if isinstance(binarizer, RBNNBinarizer):
                     binarizer.update_rotation(conv.weight, self.num_steps)

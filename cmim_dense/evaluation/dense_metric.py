@@ -3,7 +3,7 @@
 Segmentation reuses mmseg's :class:`~mmseg.evaluation.metrics.IoUMetric` maths
 (``intersect_and_union`` per image, ``total_area_to_metrics`` at the end). Depth is computed
 here because mmseg's ``DepthMetric`` only averages per image and its ``depth_metrics``
-argument crashes (DESIGN.md trap 6); we need the pooled reduction too.
+argument crashes in mmseg 1.2.2 (an ``isinstance`` bug); we need the pooled reduction too.
 
 Depth metrics, over the valid pixels ``min_depth < gt < max_depth`` (metres) of each image,
 with ``p`` the prediction clamped below at ``min_pred`` (so logs are finite) and ``g`` the
@@ -270,5 +270,7 @@ def _metrics_from_stats(s: np.ndarray) -> dict[str, float]:
 
 
 def _neg_log(rmse: float) -> float:
-    """-ln(rmse), +inf for a perfect prediction."""
+    """-ln(rmse): +inf for a perfect prediction, NaN for a NaN RMSE."""
+    if math.isnan(rmse):
+        return math.nan
     return -math.log(rmse) if rmse > 0 else math.inf

@@ -24,6 +24,18 @@ Each run directory holds a ``metrics.json`` written by ``tools/test.py`` through
 
 Segmentation values are in %, ``rmse`` in metres, ``neg_log_rmse = -ln(rmse)`` (see
 :mod:`cmim_dense.evaluation.dense_metric`). Extra keys are kept and ignored by the report.
+
+:func:`read_run_metrics` rejects (:class:`RunDirError`) a file that is not strict JSON (a
+``NaN`` or ``Infinity`` literal included), a ``name`` that is not a non-empty string, a ``meta``
+that is not an object (or null), a ``metrics`` value that is not a finite number or null, an
+``rmse`` that is not > 0, a non-numeric ``cmim_lambda`` / ``pretrain_top1`` / ``pretrain_top5``
+and a non-string ``binarizer``. A null value (NaN when written) is shown as missing (``-``,
+``null``), never as a number.
+
+Run labels: a run is labelled by its ``name`` in the table, ``report.json`` (``label``; ``name``
+stays as in metrics.json) and Fig. 5. Runs that share a name are labelled
+``"name [dir]"`` with ``dir`` the run directory's own name, and labels that still collide get
+``" #1"``, ``" #2"``, ... in the order the run directories were given (:func:`run_labels`).
 """
 
 from __future__ import annotations
@@ -31,30 +43,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import matplotlib
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from cmim_dense.evaluation.visualize import (
-    PANEL_TITLES,
-    load_predictions_npz,
-    qualitative_figure,
-    sample_panel,
-)
+from cmim_dense.evaluation.visualize import load_predictions_npz, qualitative_figure
+from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import save_figure_atomic, write_json_atomic, write_text_atomic
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
 META_KEYS = ("binarizer", "cmim_lambda", "pretrain_top1", "pretrain_top5")
+NUMERIC_META_KEYS = META_KEYS[1:]
 
 # (row key, markdown header, format) of the report table, in column order.
 COLUMNS = (
-    ("name", "run", "{}"),
+    ("label", "run", "{}"),
     ("binarizer", "binarizer", "{}"),
     ("cmim_lambda", "CMIM lambda", "{:g}"),
     ("pretrain_top1", "pretrain top-1 (%)", "{:.2f}"),
@@ -72,8 +82,9 @@ SIZE_RANGE = (60.0, 600.0)
 DEFAULT_SIZE = 150.0
 
 
-class RunDirError(ValueError):
-    """A run directory cannot be reported (no or malformed ``metrics.json``)."""
+class RunDirError(InputError):
+    """A run directory cannot be reported (no or malformed ``metrics.json``, unreadable
+    ``predictions/*.npz``)."""
 
 
 def write_run_metrics(
@@ -100,31 +111,101 @@ def write_run_metrics(
     return write_json_atomic(Path(run_dir) / METRICS_FILE, record)
 
 
+def _reject_constant(literal: str) -> None:
+    raise ValueError(f"{literal} is not strict JSON; write null for a missing value")
+
+
+def _json_text(value: Any) -> str:
+    """``value`` as a short JSON snippet for error messages."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if _is_number(value) and math.isfinite(value) else None
+
+
 def read_run_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``run_dir/metrics.json``; raises :class:`RunDirError` (one line)."""
+    """Read and check ``run_dir/metrics.json`` (rules in the module docstring).
+
+    Returns the record with ``name`` defaulting to the run dir's name and every key of
+    :data:`META_KEYS` in ``meta`` (null when absent). Raises :class:`RunDirError` (one line).
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {METRICS_FILE} (evaluate the run with tools/test.py)")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        record = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read ({e.strerror})") from e
+    except ValueError as e:  # also JSONDecodeError, UnicodeDecodeError
         raise RunDirError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
         raise RunDirError(f"{path}: no 'metrics' object")
     record.setdefault("name", Path(run_dir).resolve().name)
-    meta = record.get("meta") or {}
+    if not isinstance(record["name"], str) or not record["name"]:
+        raise RunDirError(
+            f"{path}: 'name' must be a non-empty string, got {_json_text(record['name'])}"
+        )
+    for key, value in record["metrics"].items():
+        if value is not None and not (_is_number(value) and math.isfinite(value)):
+            raise RunDirError(
+                f"{path}: metrics[{key!r}] must be a finite number or null, got {_json_text(value)}"
+            )
+    rmse = record["metrics"].get("rmse")
+    if rmse is not None and rmse <= 0:
+        raise RunDirError(f"{path}: metrics['rmse'] must be > 0 metres or null, got {rmse!r}")
+    meta = record.get("meta")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{path}: 'meta' must be an object or null, got {_json_text(meta)}")
     record["meta"] = {**{k: None for k in META_KEYS}, **meta}
+    for key in NUMERIC_META_KEYS:
+        value = record["meta"][key]
+        if value is not None and not (_is_number(value) and math.isfinite(value)):
+            raise RunDirError(
+                f"{path}: meta[{key!r}] must be a finite number or null, got {_json_text(value)}"
+            )
+    binarizer = record["meta"]["binarizer"]
+    if binarizer is not None and not isinstance(binarizer, str):
+        raise RunDirError(
+            f"{path}: meta['binarizer'] must be a string or null, got {_json_text(binarizer)}"
+        )
     return record
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+def run_labels(names: list[str], run_dirs: list[str | os.PathLike]) -> list[str]:
+    """Distinct labels for runs named ``names`` in ``run_dirs`` (rule in the module docstring)."""
+    counts = Counter(names)
+    labels = [
+        f"{n} [{Path(d).resolve().name}]" if counts[n] > 1 else n for n, d in zip(names, run_dirs)
+    ]
+    counts, taken = Counter(labels), set(labels)
+    out: list[str] = []
+    for label in labels:
+        if counts[label] > 1:
+            k = 1
+            while f"{label} #{k}" in taken:
+                k += 1
+            label = f"{label} #{k}"
+            taken.add(label)
+        out.append(label)
+    return out
 
 
-def report_row(record: dict[str, Any], run_dir: str | os.PathLike | None = None) -> dict:
-    """One table row (keys of :data:`COLUMNS`, plus ``run_dir``) from a metrics.json record."""
+def report_row(
+    record: dict[str, Any], run_dir: str | os.PathLike | None = None, label: str | None = None
+) -> dict:
+    """One table row (keys of :data:`COLUMNS`, plus ``name`` and ``run_dir``) from a
+    metrics.json record; ``label`` defaults to the record's name."""
     meta, metrics = record["meta"], record["metrics"]
     row: dict[str, Any] = {
+        "label": record["name"] if label is None else label,
         "name": record["name"],
         "binarizer": meta.get("binarizer"),
         "cmim_lambda": _number(meta.get("cmim_lambda")),
@@ -175,7 +256,7 @@ def fig5_figure(rows: list[dict]) -> Figure:
     ax = fig.add_subplot()
     on_plot = [r["mIoU"] is not None and r["neg_log_rmse"] is not None for r in rows]
     plotted = [r for r, ok in zip(rows, on_plot) if ok]
-    skipped = [r["name"] for r, ok in zip(rows, on_plot) if not ok]
+    skipped = [r["label"] for r, ok in zip(rows, on_plot) if not ok]
     sizes, legend_sizes = _dot_sizes([r["pretrain_top1"] for r in plotted])
     colours = matplotlib.colormaps["tab10"].colors
     for i, (row, size) in enumerate(zip(plotted, sizes)):
@@ -191,7 +272,7 @@ def fig5_figure(rows: list[dict]) -> Figure:
             alpha=0.8,
         )
         ax.annotate(
-            row["name"],
+            row["label"],
             (row["neg_log_rmse"], row["mIoU"]),
             xytext=(8, 6),
             textcoords="offset points",
@@ -227,31 +308,26 @@ def fig5_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def find_predictions(run_dirs: list[str | os.PathLike]) -> tuple[Path, list[Path]] | None:
-    """The first run dir with ``predictions/*.npz`` and its sorted npz files, or None."""
-    for run_dir in run_dirs:
+def find_predictions(run_dirs: list[str | os.PathLike]) -> tuple[int, list[Path]] | None:
+    """Index of the first run dir with ``predictions/*.npz`` and its sorted npz files, or None."""
+    for i, run_dir in enumerate(run_dirs):
         files = sorted((Path(run_dir) / PREDICTIONS_DIR).glob("*.npz"))
         if files:
-            return Path(run_dir), files
+            return i, files
     return None
 
 
-def qualitative_panels(files: list[Path]) -> tuple[list[np.ndarray], list[str]]:
-    """Panels (H, 5W, 3) uint8 and names of the saved predictions in ``files``."""
-    panels, names = [], []
+def load_samples(files: list[Path]) -> list[dict[str, Any]]:
+    """:func:`~cmim_dense.evaluation.visualize.load_predictions_npz` of each file; raises
+    :class:`RunDirError` naming the file if one cannot be read."""
+    samples = []
     for path in files:
-        arrays = load_predictions_npz(path)
-        panels.append(
-            sample_panel(
-                arrays["rgb"],
-                arrays["gt_seg"],
-                arrays["pred_seg"],
-                arrays["gt_depth"],
-                arrays["pred_depth"],
-            )
-        )
-        names.append(arrays["name"])
-    return panels, names
+        try:
+            samples.append(load_predictions_npz(path))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            reason = " ".join(str(e).split())  # keep the error on one line
+            raise RunDirError(f"{path}: not a readable prediction file ({reason})") from e
+    return samples
 
 
 def build_report(
@@ -260,24 +336,34 @@ def build_report(
     """Write ``report.md``, ``report.json``, ``fig5.png`` and (if any run saved predictions)
     ``qualitative.png`` to ``out_dir``; returns {file name: path}.
 
-    All run dirs are read before anything is written, so a bad one leaves ``out_dir``
-    untouched (:class:`RunDirError`).
+    Every input is read and every figure drawn before anything is written, so bad input
+    (:class:`RunDirError`, or an ``out_dir`` that cannot be a folder: ``InputError``) leaves
+    ``out_dir`` untouched.
     """
-    records = [(read_run_metrics(d), d) for d in run_dirs]
-    rows = [report_row(rec, d) for rec, d in records]
+    records = [read_run_metrics(d) for d in run_dirs]
+    labels = run_labels([rec["name"] for rec in records], run_dirs)
+    rows = [report_row(rec, d, lab) for rec, d, lab in zip(records, run_dirs, labels)]
+    figures = {"fig5.png": (fig5_figure(rows), 120)}
+    found = find_predictions(run_dirs)
+    if found is not None and num_images > 0:
+        index, files = found
+        samples = load_samples(files[:num_images])
+        fig = qualitative_figure(
+            samples, [s["name"] for s in samples], title=f"{labels[index]}: test images"
+        )
+        figures["qualitative.png"] = (fig, 100)
+
     out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot use {out} as the output folder ({e.strerror or e})") from e
     written = {
         "report.md": write_text_atomic(
             out / "report.md", "# NYUD-v2 transfer report\n\n" + markdown_table(rows)
         ),
         "report.json": write_json_atomic(out / "report.json", rows),
-        "fig5.png": save_figure_atomic(fig5_figure(rows), out / "fig5.png", dpi=120),
     }
-    found = find_predictions(run_dirs)
-    if found is not None and num_images > 0:
-        run_dir, files = found
-        panels, names = qualitative_panels(files[:num_images])
-        name = next(r["name"] for r in rows if Path(r["run_dir"]) == run_dir)
-        fig = qualitative_figure(panels, PANEL_TITLES, names, title=f"{name}: test images")
-        written["qualitative.png"] = save_figure_atomic(fig, out / "qualitative.png", dpi=100)
+    for file_name, (fig, dpi) in figures.items():
+        written[file_name] = save_figure_atomic(fig, out / file_name, dpi=dpi)
     return written

@@ -11,8 +11,11 @@ the layer objective (Eq. 13, maximised) is
     L_NCE = E_pos[log h] + N * E_neg[log(1 - h)]
           = mean_i ( log h(s_ii) + sum_{j negative for i} log(1 - h(s_ij)) ),
 
-and :class:`CMIMLoss` returns -sum_k L_NCE^k / beta^(K-1-k) (Eq. 14, k = 0..K-1 shallow to
-deep) for minimisation. Everything is evaluated in log space,
+and :class:`CMIMLoss` returns -sum_k L_NCE^k / beta^(K-1-k), k = 1..K shallow to deep, exactly the
+weights of Eq. 14 as printed: the deepest layer weighs beta, the one before it 1. The paper adds
+L_NCE to the classification loss while calling it a bound to maximise; we subtract it, so
+minimising the total loss maximises the bound, and lambda means what the paper's Table 3 means.
+Everything is evaluated in log space,
 log h = s - logaddexp(s, log(N/M)) and log(1 - h) = log(N/M) - logaddexp(s, log(N/M)),
 so it stays finite for any activation scale.
 """
@@ -32,6 +35,7 @@ from cmim_dense.losses.dist_utils import all_reduce_mean, batch_sizes, gather_ca
 
 CRITICS = ("flip", "embed")
 BANKS = ("queue", "momentum")
+NEGATIVES = ("instance", "class")
 
 
 class NCEResult(NamedTuple):
@@ -48,15 +52,17 @@ class NCEResult(NamedTuple):
 
 
 def layer_weights(num_layers: int, beta: float) -> list[float]:
-    """Eq. 14 weights 1 / beta^(K-1-k), k = 0..K-1 shallow to deep (the deepest weighs 1)."""
-    return [beta ** -(num_layers - 1 - k) for k in range(num_layers)]
+    """Eq. 14 weights 1 / beta^(K-1-k), k = 1..K shallow to deep (the deepest weighs beta)."""
+    return [beta ** -(num_layers - 1 - k) for k in range(1, num_layers + 1)]
 
 
 def flip_scores(a_bin: Tensor, a_real: Tensor, tau: float) -> Tensor:
     """Parameter-free critic scores of Eq. 12: s_ij = <a_B^i, a_F^j> / (tau * D).
 
-    Dividing by D keeps exp(s) in range at any width; at full resolution a_B = sign(a_F), so
-    the positive score is ||a_F^i||_1 / (tau * D).
+    Eq. 12 divides by tau alone; the extra 1 / D keeps exp(s) in range at any layer width, and
+    is absorbed by tau (tau here is the paper's tau / D). With a_B = sign(a_F) (Eq. 11, which the
+    taps keep for every binarizer and for the ``'sample'`` reduction), the positive score is
+    ||a_F^i||_1 / (tau * D).
 
     Args:
         a_bin: (n, D) binary anchors a_B.
@@ -130,7 +136,7 @@ class CMIMLoss(nn.Module):
 
     Critics:
         ``'flip'``: the paper's parameter-free critic, s_ij = <a_B^i, a_F^j> / (tau * D)
-            (Eq. 12; the tap's a_B is the anchor, sign(a_F) at full resolution).
+            (Eq. 12 via :func:`flip_scores`; the tap's a_B = sign(a_F) is the anchor).
         ``'embed'``: the "additional MLP module" / CRD-style critic of the public code:
             s_ij = <g_B(a_B^i), g_F(a_F^j)> / tau with per-layer Linear-ReLU-Linear
             projections to ``embed_dim`` and L2 normalisation.
@@ -138,9 +144,11 @@ class CMIMLoss(nn.Module):
     Negatives: every other sample of the (all-rank) batch, plus ``n_nce`` detached rows of a
     memory bank when ``n_nce > 0``. The in-batch negatives are always kept: they are the only
     negatives that carry gradient into a_F (the "flip" push of the paper), and they make the
-    loss defined on the first step while the bank is empty. A candidate is a negative of an
-    anchor iff its dataset index differs, so the positive (and any duplicate of the same image)
-    is never its own negative. Bank rows are the critic's real-side keys: raw a_F rows for
+    loss defined on the first step while the bank is empty. With ``negatives='instance'`` (the
+    paper) a candidate is a negative of an anchor iff its dataset index differs, so the positive
+    (and any duplicate of the same image) is never its own negative; with ``'class'`` (the
+    public CMIM code's sampling) only candidates of another class are negatives, which needs
+    the labels. Bank rows are the critic's real-side keys: raw a_F rows for
     ``'flip'`` (n_nce x D floats per layer, hence in-batch by default) and g_F(a_F) for
     ``'embed'``.
 
@@ -170,7 +178,8 @@ class CMIMLoss(nn.Module):
     update, so banks stay identical without ``broadcast_buffers``.
 
     Args:
-        in_dims: D of each tapped layer, shallow to deep.
+        in_dims: D of each tapped layer, shallow to deep; a pair (D_F, D_B) where a_F and a_B
+            differ in width (``'embed'`` only, e.g. a float teacher's feature against the BNN's).
         tau: temperature.
         beta: Eq. 14 layer decay (> 1 weights deep layers more); 2.0 halves the weight per
             step towards the input, so the deepest of 4 layers gets 8x the shallowest.
@@ -185,6 +194,7 @@ class CMIMLoss(nn.Module):
         num_data: M, the dataset size; required for ``bank='momentum'``.
         momentum: CRD memory momentum.
         z_norm: apply CRD's constant normalisation (see above).
+        negatives: ``'instance'`` or ``'class'`` (see above).
 
     Attributes after each forward (detached, one per layer, shallow to deep):
         last_layer_terms: L_NCE^k (Eq. 13, maximised).
@@ -193,7 +203,7 @@ class CMIMLoss(nn.Module):
 
     def __init__(
         self,
-        in_dims: Sequence[int],
+        in_dims: Sequence[int | tuple[int, int]],
         tau: float = 0.1,
         beta: float = 2.0,
         critic: str = "flip",
@@ -204,13 +214,20 @@ class CMIMLoss(nn.Module):
         num_data: int | None = None,
         momentum: float = 0.5,
         z_norm: bool = False,
+        negatives: str = "instance",
     ):
         super().__init__()
-        in_dims = [int(d) for d in in_dims]
-        if not in_dims or min(in_dims) < 1:
+        dims = [
+            (int(d[0]), int(d[1])) if isinstance(d, Sequence) else (int(d),) * 2 for d in in_dims
+        ]
+        if not dims or min(min(d) for d in dims) < 1:
             raise ValueError(f"in_dims must be a non-empty list of positive ints, got {in_dims}")
         if critic not in CRITICS:
             raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
+        if critic == "flip" and any(d_real != d_bin for d_real, d_bin in dims):
+            raise ValueError(f"the flip critic needs a_F and a_B of one width, got {in_dims}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
         if bank not in BANKS:
             raise ValueError(f"bank must be one of {BANKS}, got {bank!r}")
         if tau <= 0 or beta <= 0:
@@ -226,7 +243,7 @@ class CMIMLoss(nn.Module):
         if num_data is not None and num_data < 1:
             raise ValueError(f"num_data must be >= 1, got {num_data}")
 
-        self.in_dims = in_dims
+        self.dims = dims
         self.tau = float(tau)
         self.beta = float(beta)
         self.critic = critic
@@ -235,58 +252,74 @@ class CMIMLoss(nn.Module):
         self.num_data = num_data
         self.momentum = float(momentum)
         self.z_norm = z_norm
-        self.weights = layer_weights(len(in_dims), self.beta)
+        self.negatives = negatives
+        self.weights = layer_weights(len(dims), self.beta)
         self.last_layer_terms: list[Tensor] = []
         self.last_mi_bounds: list[Tensor] = []
 
         if critic == "embed":
-            self.embed_B = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for d in in_dims)
-            self.embed_F = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for d in in_dims)
+            self.embed_B = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for _, d in dims)
+            self.embed_F = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for d, _ in dims)
         if n_nce:
             rows = n_nce if bank == "queue" else num_data
-            for k, d in enumerate(in_dims):
+            for k, (d, _) in enumerate(dims):
                 key_dim = embed_dim if critic == "embed" else d
                 self.register_buffer(f"bank_{k}", torch.zeros(rows, key_dim))
                 self.register_buffer(f"bank_index_{k}", torch.full((rows,), -1, dtype=torch.long))
+                if negatives == "class":
+                    self.register_buffer(
+                        f"bank_label_{k}", torch.full((rows,), -1, dtype=torch.long)
+                    )
             if bank == "queue":
                 self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
         if z_norm:
-            self.register_buffer("log_z", torch.full((len(in_dims),), float("nan")))
+            self.register_buffer("log_z", torch.full((len(dims),), float("nan")))
 
     @property
     def num_layers(self) -> int:
-        return len(self.in_dims)
+        return len(self.dims)
 
     def extra_repr(self) -> str:
         return (
-            f"in_dims={self.in_dims}, tau={self.tau}, beta={self.beta}, critic={self.critic!r}, "
+            f"dims={self.dims}, tau={self.tau}, beta={self.beta}, critic={self.critic!r}, "
             f"n_nce={self.n_nce}, bank={self.bank!r}, num_data={self.num_data}, "
-            f"z_norm={self.z_norm}"
+            f"z_norm={self.z_norm}, negatives={self.negatives!r}"
         )
 
     def forward(
-        self, pairs: Sequence[tuple[Tensor, Tensor]], indices: Tensor | None = None
+        self,
+        pairs: Sequence[tuple[Tensor, Tensor]],
+        indices: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """CMIM loss to minimise.
 
         Args:
             pairs: K pairs (a_F, a_B), each (n, D_k), shallow to deep (ActivationTaps.pop()).
             indices: (n,) dataset indices of the samples; required when ``n_nce > 0``.
+            labels: (n,) class labels; required when ``negatives='class'``.
 
         Returns:
-            Scalar -sum_k L_NCE^k / beta^(K-1-k).
+            Scalar -sum_k L_NCE^k / beta^(K-1-k), k = 1..K.
         """
-        n = self._check(pairs, indices)
+        n = self._check(pairs, indices, labels)
         device = pairs[0][0].device
         sizes = batch_sizes(n, device)
         rows = torch.arange(n, device=device)
         pos_cols = rank_offset(sizes) + rows
+        # A candidate is a negative of an anchor iff its key (dataset index or class) differs.
+        local_key = all_key = all_idx = all_lab = None
         if indices is not None:
-            local_idx = indices.to(device=device, dtype=torch.long)
-            all_idx = gather_cat(local_idx, sizes)
-            batch_mask = all_idx.unsqueeze(0) != local_idx.unsqueeze(1)
+            all_idx = gather_cat(indices.to(device=device, dtype=torch.long), sizes)
+        if labels is not None:
+            all_lab = gather_cat(labels.to(device=device, dtype=torch.long), sizes)
+        if self.negatives == "class":
+            local_key, all_key = labels.to(device=device, dtype=torch.long), all_lab
+        elif indices is not None:
+            local_key, all_key = indices.to(device=device, dtype=torch.long), all_idx
+        if all_key is not None:
+            batch_mask = all_key.unsqueeze(0) != local_key.unsqueeze(1)
         else:
-            local_idx = all_idx = None
             batch_mask = torch.ones(n, sum(sizes), dtype=torch.bool, device=device)
             batch_mask[rows, pos_cols] = False
         sample = None
@@ -298,16 +331,16 @@ class CMIMLoss(nn.Module):
         # Contrastive scores need fp32: exp and sums over D overflow in half precision.
         with torch.autocast(device.type, enabled=False):
             for k, (a_F, a_B) in enumerate(pairs):
-                anchors, keys, scale = self._critic_inputs(k, _full(a_F), _full(a_B))
+                anchors, keys = self._critic_inputs(k, _full(a_F), _full(a_B))
                 keys = gather_cat(keys, sizes)
-                scores = anchors @ keys.T * scale
+                scores = self._scores(anchors, keys)
                 pos, neg, neg_mask = scores[rows, pos_cols], scores, batch_mask
                 if self.n_nce:
-                    bank_keys, bank_idx = self._bank_rows(k, sample)
-                    bank_mask = (bank_idx.unsqueeze(0) >= 0) & (
-                        bank_idx.unsqueeze(0) != local_idx.unsqueeze(1)
+                    bank_keys, bank_key_ids = self._bank_rows(k, sample)
+                    bank_mask = (bank_key_ids.unsqueeze(0) >= 0) & (
+                        bank_key_ids.unsqueeze(0) != local_key.unsqueeze(1)
                     )
-                    neg = torch.cat([neg, anchors @ bank_keys.to(anchors.dtype).T * scale], 1)
+                    neg = torch.cat([neg, self._scores(anchors, bank_keys.to(anchors.dtype))], 1)
                     neg_mask = torch.cat([neg_mask, bank_mask], 1)
                 if self.z_norm:
                     shift = self._log_z(k, pos, neg, neg_mask)
@@ -318,37 +351,53 @@ class CMIMLoss(nn.Module):
                 bounds.append(mi_lower_bound(result.log_h_pos.detach(), result.num_negatives))
                 keys_all.append(keys.detach())
         if self.n_nce and self.training:
-            self._update_banks(keys_all, all_idx)
+            self._update_banks(keys_all, all_idx, all_lab)
         self.last_layer_terms, self.last_mi_bounds = terms, bounds
         return total
 
-    def _check(self, pairs: Sequence[tuple[Tensor, Tensor]], indices: Tensor | None) -> int:
+    def _check(
+        self,
+        pairs: Sequence[tuple[Tensor, Tensor]],
+        indices: Tensor | None,
+        labels: Tensor | None,
+    ) -> int:
         if len(pairs) != self.num_layers:
             raise ValueError(
                 f"CMIMLoss expects {self.num_layers} (a_F, a_B) pairs, got {len(pairs)}"
             )
         n = pairs[0][0].shape[0]
-        for k, ((a_F, a_B), d) in enumerate(zip(pairs, self.in_dims)):
-            if a_F.shape != (n, d) or a_B.shape != (n, d):
+        for k, ((a_F, a_B), (d_real, d_bin)) in enumerate(zip(pairs, self.dims)):
+            if a_F.shape != (n, d_real) or a_B.shape != (n, d_bin):
                 raise ValueError(
-                    f"layer {k}: expected a_F and a_B of shape ({n}, {d}), "
-                    f"got {tuple(a_F.shape)} and {tuple(a_B.shape)}"
+                    f"layer {k}: expected a_F of shape ({n}, {d_real}) and a_B of shape "
+                    f"({n}, {d_bin}), got {tuple(a_F.shape)} and {tuple(a_B.shape)}"
                 )
         if indices is None and self.n_nce:
             raise ValueError("CMIMLoss with a memory bank (n_nce > 0) needs dataset indices")
-        if indices is not None and indices.shape != (n,):
-            raise ValueError(f"indices must have shape ({n},), got {tuple(indices.shape)}")
+        if labels is None and self.negatives == "class":
+            raise ValueError("CMIMLoss with negatives='class' needs the labels")
+        for name, value in (("indices", indices), ("labels", labels)):
+            if value is not None and value.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {tuple(value.shape)}")
         return n
 
-    def _critic_inputs(self, k: int, a_real: Tensor, a_bin: Tensor) -> tuple[Tensor, Tensor, float]:
-        """(anchors (n, E), real-side keys (n, E), score scale) of layer k."""
+    def _critic_inputs(self, k: int, a_real: Tensor, a_bin: Tensor) -> tuple[Tensor, Tensor]:
+        """(anchors (n, E), real-side keys (n, E)) of layer k."""
         if self.critic == "embed":
-            return self.embed_B[k](a_bin), self.embed_F[k](a_real), 1.0 / self.tau
-        return a_bin, a_real, 1.0 / (self.tau * self.in_dims[k])
+            return self.embed_B[k](a_bin), self.embed_F[k](a_real)
+        return a_bin, a_real
+
+    def _scores(self, anchors: Tensor, keys: Tensor) -> Tensor:
+        """Critic scores (n, m) of anchors (n, E) against keys (m, E)."""
+        if self.critic == "embed":
+            return anchors @ keys.T / self.tau
+        return flip_scores(anchors, keys, self.tau)
 
     def _bank_rows(self, k: int, sample: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Bank negatives of layer k: keys (q, E) and dataset indices (q,), -1 = empty."""
-        keys, index = getattr(self, f"bank_{k}"), getattr(self, f"bank_index_{k}")
+        """Bank negatives of layer k: keys (q, E) and their dataset indices (q,), or their labels
+        with ``negatives='class'``; -1 = empty."""
+        keys = getattr(self, f"bank_{k}")
+        index = getattr(self, f"bank_{'label' if self.negatives == 'class' else 'index'}_{k}")
         if sample is None:
             # A copy, as MoCo: the in-place enqueue below must not touch tensors saved for backward.
             return keys.clone(), index.clone()
@@ -366,22 +415,33 @@ class CMIMLoss(nn.Module):
         return self.log_z[k]
 
     @torch.no_grad()
-    def _update_banks(self, keys_all: list[Tensor], all_idx: Tensor) -> None:
+    def _update_banks(
+        self, keys_all: list[Tensor], all_idx: Tensor, all_lab: Tensor | None
+    ) -> None:
         """Write this step's real-side keys (all ranks) into every layer's bank."""
         if self.bank == "queue":
-            keys_all = [keys[-self.n_nce :] for keys in keys_all]
-            all_idx = all_idx[-self.n_nce :]
+            keep = slice(-self.n_nce, None)
             slots = (
-                self.bank_ptr + torch.arange(all_idx.numel(), device=all_idx.device)
+                self.bank_ptr + torch.arange(all_idx[keep].numel(), device=all_idx.device)
             ) % self.n_nce
-            for k, keys in enumerate(keys_all):
-                getattr(self, f"bank_{k}")[slots] = keys.to(getattr(self, f"bank_{k}").dtype)
-                getattr(self, f"bank_index_{k}")[slots] = all_idx
-            self.bank_ptr.copy_((self.bank_ptr + all_idx.numel()) % self.n_nce)
+            self._write_bank(keys_all, slots, all_idx[keep], all_lab, keep)
+            self.bank_ptr.copy_((self.bank_ptr + slots.numel()) % self.n_nce)
             return
+        mixed_keys = []
         for k, keys in enumerate(keys_all):
             bank, index = getattr(self, f"bank_{k}"), getattr(self, f"bank_index_{k}")
             filled = (index[all_idx] >= 0).unsqueeze(1)
             mixed = self.momentum * bank[all_idx] + (1 - self.momentum) * keys.to(bank.dtype)
-            bank[all_idx] = F.normalize(torch.where(filled, mixed, keys.to(bank.dtype)), dim=1)
-            index[all_idx] = all_idx
+            mixed_keys.append(F.normalize(torch.where(filled, mixed, keys.to(bank.dtype)), dim=1))
+        self._write_bank(mixed_keys, all_idx, all_idx, all_lab, slice(None))
+
+    def _write_bank(
+        self, keys_all: list[Tensor], slots: Tensor, idx: Tensor, all_lab: Tensor | None, keep
+    ) -> None:
+        """bank_k[slots] = keys[keep], with the matching dataset indices (and labels)."""
+        for k, keys in enumerate(keys_all):
+            bank = getattr(self, f"bank_{k}")
+            bank[slots] = keys[keep].to(bank.dtype)
+            getattr(self, f"bank_index_{k}")[slots] = idx
+            if self.negatives == "class":
+                getattr(self, f"bank_label_{k}")[slots] = all_lab[keep]

@@ -1,6 +1,6 @@
 """Models: binary ResNet backbones, the pretraining classifier, the dense multi-task model."""
 
-from cmim_dense.models.backbones import BinaryResNet, CheckpointMismatchError
+from cmim_dense.models.backbones import BinaryResNet
 from cmim_dense.models.classifier import BinaryImageClassifier
 from cmim_dense.models.data_preprocessor import DenseDataPreProcessor
 from cmim_dense.models.dense import MultiTaskDense
@@ -10,7 +10,6 @@ from cmim_dense.models.s2bnn import S2BNNClassifier
 __all__ = [
     "BinaryImageClassifier",
     "BinaryResNet",
-    "CheckpointMismatchError",
     "DenseDataPreProcessor",
     "DepthASPPHead",
     "DepthDepthwiseSeparableASPPHead",

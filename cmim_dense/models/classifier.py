@@ -1,6 +1,8 @@
-"""The pretraining classifier: binary ResNet + global pooling + real FC, CE + lambda * CMIM."""
+"""The pretraining classifier: a binary ResNet with its classifier, CE + lambda * CMIM."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import timm
 import torch
@@ -12,17 +14,6 @@ from torch import Tensor, nn
 
 from cmim_dense.binary import ActivationTaps
 from cmim_dense.binary.lns import LNSBinarizer, lns_noisy_label_loss
-
-
-class LinearClsHead(nn.Module):
-    """Global average pooling and a real-valued FC: (N, C, h, w) -> logits (N, num_classes)."""
-
-    def __init__(self, in_channels: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Linear(in_channels, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def build_teacher(
@@ -61,28 +52,56 @@ def build_teacher(
     return teacher.eval()
 
 
+CMIM_SOURCES = ("taps", "teacher")
+
+
+class TrainForward(NamedTuple):
+    """What one training forward gives the losses.
+
+    logits: (N, num_classes) of the binary network.
+    pairs: CMIM's K pairs (a_F, a_B), each (N, D_k) (None when CMIM is off).
+    teacher_logits: (N, num_classes) of the frozen teacher (None without one).
+    """
+
+    logits: Tensor
+    pairs: list[tuple[Tensor, Tensor]] | None
+    teacher_logits: Tensor | None
+
+
 @MODELS.register_module()
 class BinaryImageClassifier(BaseModel):
     """Image classifier for BNN pretraining with CMIM, in one forward pass.
 
-    loss = CE(logits, label) + lambda * CMIM(taps) [+ distill_weight * KL(teacher || student)]
+    loss = CE(logits, label) + lambda * CMIM(pairs) [+ distill loss(teacher, student)]
            [+ lns_weight * LNS noisy-label loss]
 
-    The CMIM pairs (a_F, a_B) are read by activation taps during the *same* backbone
-    forward that produces the logits; with ``cmim_lambda == 0`` no tap is attached and
-    the model is exactly the plain classifier.
+    The network is one :class:`~cmim_dense.models.BinaryResNet` with its own classifier (timm's
+    layout), so a checkpoint's ``backbone.*`` keys load into ``timm.create_model`` as they are.
+
+    CMIM pairs come from ``cmim_source``:
+        ``'taps'`` (the paper): (a_F, a_B) of the tapped binary convs, read by activation taps
+            during the *same* backbone forward that produces the logits (a_B = sign(a_F));
+        ``'teacher'`` (the public code's CRD recipe): one pair, the frozen float teacher's
+            pooled last feature as a_F and the binary network's as a_B (needs ``teacher`` and
+            the ``'embed'`` critic, since the two widths differ).
+    With ``cmim_lambda == 0`` no tap is attached and the model is exactly the plain classifier.
 
     Args:
         backbone: config of a :class:`~cmim_dense.models.BinaryResNet` (its ``num_classes``
-            and ``out_indices`` are set here).
+            is set here).
         num_classes: number of classes.
-        cmim_lambda: lambda of Eq. 14.
+        cmim_lambda: lambda of Eq. 14, on the paper's scale.
         cmim: config of :class:`~cmim_dense.losses.CMIMLoss` (``in_dims`` is filled in).
-        tap_mode: ``'stage'`` (one tap per stage, default) or ``'all'`` binary convs.
-        tap_pool: spatial size the taps average-pool to (None: no pooling).
-        teacher: optional ``dict(arch=..., checkpoint=..., prefix='')`` of a real-valued
-            timm network for logit distillation (ReActNet / S2-BNN recipe).
-        distill: config of the distillation loss; ``loss_weight`` in it scales it.
+        cmim_source: ``'taps'`` or ``'teacher'`` (see above).
+        tap_mode: ``'stage'`` (one tap per stage, default), ``'all'`` binary convs or ``'last'``.
+        tap_reduce: ``'sample'`` (default: the same tap_size^2 positions of a_F and a_B, which
+            keeps Eq. 11) or ``'avgpool'`` (pooled to tap_size x tap_size); see
+            :class:`~cmim_dense.binary.ActivationTaps`.
+        tap_size: taps keep tap_size^2 positions per channel.
+        teacher: optional ``dict(arch=..., checkpoint=..., prefix='')`` of a real-valued timm
+            network (frozen), for ``distill`` and/or ``cmim_source='teacher'``.
+        distill: config of a distillation loss between teacher and student logits (ReActNet /
+            S2-BNN recipe); ``loss_weight`` in it scales it. None: no distillation.
         lns_weight: weight of LNS's noisy-label loss of the binarization networks
             (:func:`~cmim_dense.binary.lns.lns_noisy_label_loss`), logged as ``loss_lns``;
             needs ``binarizer='lns'``. 0 (default) leaves the classifier unchanged.
@@ -98,8 +117,10 @@ class BinaryImageClassifier(BaseModel):
         num_classes: int,
         cmim_lambda: float = 0.0,
         cmim: dict | None = None,
+        cmim_source: str = "taps",
         tap_mode: str = "stage",
-        tap_pool: int | None = 4,
+        tap_reduce: str = "sample",
+        tap_size: int = 4,
         teacher: dict | None = None,
         distill: dict | None = None,
         lns_weight: float = 0.0,
@@ -107,21 +128,31 @@ class BinaryImageClassifier(BaseModel):
         init_cfg: dict | None = None,
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.backbone = MODELS.build(dict(backbone, num_classes=0, out_indices=(3,)))
-        self.head = LinearClsHead(self.backbone.channels[-1], num_classes)
+        if cmim_source not in CMIM_SOURCES:
+            raise ValueError(f"cmim_source must be one of {CMIM_SOURCES}, got {cmim_source!r}")
+        if (distill or cmim_source == "teacher") and not teacher:
+            raise ValueError("distill and cmim_source='teacher' need a teacher network")
+        self.backbone = MODELS.build(dict(backbone, num_classes=num_classes))
         self.num_classes = num_classes
+        self.teacher = build_teacher(num_classes=num_classes, **teacher) if teacher else None
+        self.distill = MODELS.build(distill) if distill else None
         self.cmim_lambda = float(cmim_lambda)
+        self.cmim_source = cmim_source
         self.cmim = None
         self.taps = None
         if self.cmim_lambda > 0:
-            if not tap_pool:
-                raise ValueError("CMIM needs tap_pool (a fixed tap size) to size its critics")
-            layers = self.backbone.tap_layers(tap_mode)
-            self.taps = ActivationTaps(layers, pool_size=tap_pool)
-            in_dims = [m.in_channels * tap_pool**2 for m in layers]
+            if cmim_source == "taps":
+                self.taps = ActivationTaps(
+                    self.backbone.tap_layers(tap_mode), reduce=tap_reduce, size=tap_size
+                )
+                in_dims = self.taps.dims()
+                # Sampled tap positions are a function of (seed, step), kept in the checkpoint,
+                # so a resumed run draws what the uninterrupted run drew.
+                self.register_buffer("tap_seed", torch.tensor(torch.initial_seed() % 2**31))
+                self.register_buffer("tap_step", torch.tensor(0))
+            else:
+                in_dims = [(self.teacher.num_features, self.backbone.num_features)]
             self.cmim = MODELS.build(dict(dict(type="CMIMLoss"), **(cmim or {}), in_dims=in_dims))
-        self.teacher = build_teacher(num_classes=num_classes, **teacher) if teacher else None
-        self.distill = MODELS.build(distill or dict(type="DistributionLoss")) if teacher else None
         self.lns_weight = float(lns_weight)
         if self.lns_weight > 0 and not any(
             isinstance(m, LNSBinarizer) for m in self.backbone.modules()
@@ -134,10 +165,6 @@ class BinaryImageClassifier(BaseModel):
             self.teacher.eval()
         return self
 
-    def extract_logits(self, inputs: Tensor) -> Tensor:
-        """(N, 3, H, W) -> logits (N, num_classes)."""
-        return self.head(self.backbone(inputs)[-1])
-
     def forward(
         self,
         inputs: Tensor,
@@ -147,7 +174,7 @@ class BinaryImageClassifier(BaseModel):
     ):
         if mode == "loss":
             return self.loss(inputs, label, index)
-        logits = self.extract_logits(inputs)
+        logits = self.backbone(inputs)
         if mode == "tensor":
             return logits
         if mode == "predict":
@@ -155,35 +182,49 @@ class BinaryImageClassifier(BaseModel):
             return [dict(pred_logits=lg, gt_label=lb) for lg, lb in zip(logits, labels)]
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
-    def tapped_logits(self, inputs: Tensor) -> tuple[Tensor, list | None]:
-        """One backbone forward: logits (N, num_classes) and the CMIM (a_F, a_B) pairs
-        (None when CMIM is off)."""
+    def forward_train(self, inputs: Tensor) -> TrainForward:
+        """One backbone forward (and one teacher forward if there is a teacher)."""
+        teacher_feats = teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                feats = self.teacher.forward_features(inputs)
+                teacher_feats = self.teacher.forward_head(feats, pre_logits=True)
+                teacher_logits = self.teacher.get_classifier()(teacher_feats)
+        if self.cmim is not None and self.cmim_source == "teacher":
+            pooled = self.backbone.forward_head(
+                self.backbone.forward_features(inputs), pre_logits=True
+            )
+            logits = self.backbone.get_classifier()(pooled)
+            return TrainForward(logits, [(teacher_feats, pooled)], teacher_logits)
         if self.taps is None:
-            return self.extract_logits(inputs), None
+            return TrainForward(self.backbone(inputs), None, teacher_logits)
+        self.taps.begin_step(int(self.tap_seed), int(self.tap_step))
+        if self.training:
+            self.tap_step += 1
         with self.taps:
-            logits = self.extract_logits(inputs)
-            return logits, self.taps.pop()
+            logits = self.backbone(inputs)
+            return TrainForward(logits, self.taps.pop(), teacher_logits)
 
-    def regularizer_losses(self, pairs: list | None, index: Tensor | None) -> dict[str, Tensor]:
-        """The label-free terms every recipe adds: ``loss_cmim`` and ``loss_lns``."""
+    def regularizer_losses(
+        self, pairs: list | None, index: Tensor | None, label: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The terms every recipe adds: ``loss_cmim`` and ``loss_lns``."""
         losses = {}
         if pairs is not None:
-            losses["loss_cmim"] = self.cmim_lambda * self.cmim(pairs, index)
+            losses["loss_cmim"] = self.cmim_lambda * self.cmim(pairs, index, label)
         if self.lns_weight > 0:
             losses["loss_lns"] = self.lns_weight * lns_noisy_label_loss(self.backbone)
         return losses
 
     def loss(self, inputs: Tensor, label: Tensor | None, index: Tensor | None) -> dict[str, Tensor]:
         """The loss terms of one step; one backbone forward."""
-        logits, pairs = self.tapped_logits(inputs)
+        out = self.forward_train(inputs)
         losses = {}
         if label is not None:
-            losses["loss_cls"] = F.cross_entropy(logits, label)
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(inputs)
-            losses["loss_distill"] = self.distill(logits, teacher_logits)
-        losses.update(self.regularizer_losses(pairs, index))
+            losses["loss_cls"] = F.cross_entropy(out.logits, label)
+        if self.distill is not None:
+            losses["loss_distill"] = self.distill(out.logits, out.teacher_logits)
+        losses.update(self.regularizer_losses(out.pairs, index, label))
         if not losses:
             raise ValueError("no loss to compute: the batch has no labels and there is no teacher")
         return losses

@@ -11,6 +11,10 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch import Tensor
 
+from cmim_dense.utils.errors import InputError
+
+BACKBONE_BACKENDS = ("torch", "openvino")
+
 
 @MODELS.register_module()
 class MultiTaskDense(BaseSegmentor):
@@ -28,6 +32,11 @@ class MultiTaskDense(BaseSegmentor):
             ``no_grad``, so no graph is kept for it.
         channels_last: run the heads in the NHWC memory format. On CPU, oneDNN's depthwise
             convolutions (DeepLabV3+ heads) are markedly faster in it.
+        backbone_backend: ``'torch'``, or ``'openvino'`` to run the frozen binary backbone's
+            forward as bit-packed xnor-popcount convolutions (:mod:`cmim_dense.deploy`), built
+            in memory from the backbone's current weights (rebuilt when they change). The heads
+            train in PyTorch and checkpoints are unchanged. Needs ``freeze_backbone``.
+        test_cfg: ``dict(mode='whole')``: predictions on the whole image (the only mode).
         data_preprocessor: typically ``DenseDataPreProcessor``.
 
     Inputs (N, 3, H, W); ``predict`` fills each data sample's ``pred_sem_seg`` (1, H0, W0)
@@ -41,6 +50,7 @@ class MultiTaskDense(BaseSegmentor):
         depth_head: dict | None = None,
         freeze_backbone: bool = True,
         channels_last: bool = False,
+        backbone_backend: str = "torch",
         train_cfg: dict | None = None,
         test_cfg: dict | None = None,
         data_preprocessor: dict | None = None,
@@ -49,6 +59,18 @@ class MultiTaskDense(BaseSegmentor):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if seg_head is None and depth_head is None:
             raise ValueError("MultiTaskDense needs a seg_head, a depth_head, or both")
+        mode = (test_cfg or {}).get("mode", "whole")
+        if mode != "whole":
+            raise InputError(
+                f"test_cfg.mode={mode!r} is not supported: MultiTaskDense predicts on the whole "
+                "image (set test_cfg=dict(mode='whole'))"
+            )
+        if backbone_backend not in BACKBONE_BACKENDS:
+            raise InputError(
+                f"backbone_backend must be one of {BACKBONE_BACKENDS}, got {backbone_backend!r}"
+            )
+        if backbone_backend != "torch" and not freeze_backbone:
+            raise InputError("backbone_backend='openvino' runs a frozen backbone only")
         self.backbone = MODELS.build(backbone)
         self.freeze_backbone = freeze_backbone
         self.seg_head = MODELS.build(seg_head) if seg_head is not None else None
@@ -58,6 +80,8 @@ class MultiTaskDense(BaseSegmentor):
         if channels_last:
             for head in self.heads.values():
                 head.to(memory_format=torch.channels_last)
+        self.backbone_backend = backbone_backend
+        self._engine: tuple[tuple, object] | None = None  # (weights fingerprint, OpenVINO model)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         if freeze_backbone:
@@ -94,9 +118,22 @@ class MultiTaskDense(BaseSegmentor):
             if head is not None
         }
 
+    def _openvino_backbone(self):
+        """The OpenVINO model of the backbone's current weights (built again if they change)."""
+        from cmim_dense.deploy.runtime import OpenVINOBackbone  # imports OpenVINO when used
+
+        state = tuple(
+            (t.data_ptr(), t._version) for t in self.backbone.state_dict(keep_vars=True).values()
+        )
+        if self._engine is None or self._engine[0] != state:
+            self._engine = (state, OpenVINOBackbone.from_backbone(self.backbone.eval()))
+        return self._engine[1]
+
     def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
         """(N, 3, H, W) -> the backbone's multi-level features."""
-        if self.freeze_backbone:
+        if self.backbone_backend == "openvino":
+            feats = self._openvino_backbone()(inputs)
+        elif self.freeze_backbone:
             with torch.no_grad():
                 feats = self.backbone(inputs)
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
-from torch import Tensor, nn
+from torch import Tensor
 
 from cmim_dense.models.classifier import BinaryImageClassifier
 
@@ -35,22 +35,6 @@ def info_nce_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     )
     target = torch.arange(2 * n, device=z.device).roll(n)  # row i <-> row i + N
     return F.cross_entropy(sim, target)
-
-
-class MLPClsHead(nn.Module):
-    """Global average pooling and Linear-ReLU-Linear: (N, C, h, w) -> (N, num_classes).
-
-    The MoCo v2 projection head that S2-BNN's student uses (hidden width = C in the public code).
-    """
-
-    def __init__(self, in_channels: int, hidden: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Sequential(
-            nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 @MODELS.register_module()
@@ -80,15 +64,15 @@ class S2BNNClassifier(BinaryImageClassifier):
     the student's outputs, not the MoCo momentum queue of the paper's contrastive baseline.
 
     Args:
-        backbone, cmim_lambda, cmim, tap_mode, tap_pool, lns_weight, data_preprocessor:
-            as :class:`~cmim_dense.models.BinaryImageClassifier`.
+        backbone, cmim_lambda, cmim, cmim_source, tap_mode, tap_reduce, tap_size, lns_weight,
+            data_preprocessor: as :class:`~cmim_dense.models.BinaryImageClassifier`.
         num_classes: D, the teacher's output size (128 for a MoCo v2 head).
         teacher: ``dict(arch=..., checkpoint=..., prefix='', mlp_hidden=None)``; required.
         distill: the distillation loss config (default ``DistributionLoss``, T = 0.2).
         normalize: L2-normalise student and teacher outputs before the temperature, as the public
             code does for MoCo embeddings; set False for a teacher that outputs class logits.
-        head_hidden: hidden width of an MLP student head (S2-BNN's MoCo-style head); None keeps
-            the linear head.
+        head_hidden: hidden width of an MLP student classifier (S2-BNN's MoCo-style head,
+            ``BinaryResNet(head_hidden=...)``); None keeps the linear one.
         contrastive_weight: weight of the NT-Xent term; 0 turns it off.
         contrastive_temperature: its temperature (MoCo v2's 0.2).
     """
@@ -100,8 +84,10 @@ class S2BNNClassifier(BinaryImageClassifier):
         teacher: dict,
         cmim_lambda: float = 0.0,
         cmim: dict | None = None,
+        cmim_source: str = "taps",
         tap_mode: str = "stage",
-        tap_pool: int | None = 4,
+        tap_reduce: str = "sample",
+        tap_size: int = 4,
         distill: dict | None = None,
         normalize: bool = True,
         head_hidden: int | None = None,
@@ -119,20 +105,20 @@ class S2BNNClassifier(BinaryImageClassifier):
                 f"{contrastive_weight}, {contrastive_temperature}"
             )
         super().__init__(
-            backbone,
+            dict(backbone, head_hidden=head_hidden),
             num_classes,
             cmim_lambda=cmim_lambda,
             cmim=cmim,
+            cmim_source=cmim_source,
             tap_mode=tap_mode,
-            tap_pool=tap_pool,
+            tap_reduce=tap_reduce,
+            tap_size=tap_size,
             teacher=teacher,
             distill=distill or dict(type="DistributionLoss", temperature=0.2),
             lns_weight=lns_weight,
             data_preprocessor=data_preprocessor,
             init_cfg=init_cfg,
         )
-        if head_hidden:
-            self.head = MLPClsHead(self.backbone.channels[-1], head_hidden, num_classes)
         self.normalize = normalize
         self.contrastive_weight = float(contrastive_weight)
         self.contrastive_temperature = float(contrastive_temperature)
@@ -164,16 +150,17 @@ class S2BNNClassifier(BinaryImageClassifier):
                 "UnlabeledDataset(num_views=2)"
             )
 
-        logits, pairs = self.tapped_logits(inputs)
-        with torch.no_grad():
-            teacher_out = self.teacher(inputs)
+        out = self.forward_train(inputs)
+        logits = out.logits
         losses = {
-            "loss_distill": self.distill(self._calibrated(logits), self._calibrated(teacher_out))
+            "loss_distill": self.distill(
+                self._calibrated(logits), self._calibrated(out.teacher_logits)
+            )
         }
         if self.contrastive_weight > 0:
             views = logits.view(n, num_views, -1)
             losses["loss_contrast"] = self.contrastive_weight * info_nce_loss(
                 views[:, 0], views[:, 1], self.contrastive_temperature
             )
-        losses.update(self.regularizer_losses(pairs, index))
+        losses.update(self.regularizer_losses(out.pairs, index))
         return losses

@@ -5,7 +5,8 @@ Output (``<idx>`` is the 1-based NYUD frame number, as in ``splits.mat``)::
     OUT/images/{train,test}/<idx:04d>.png       RGB uint8 (PNG: lossless, the round trip is exact)
     OUT/annotations/{train,test}/<idx:04d>.png  uint8 class id 0..C-1, 255 = void
     OUT/depth/{train,test}/<idx:04d>.png        uint16 millimetres, 0 = invalid
-    OUT/nyud_info.json                          what was converted, read by the completeness check
+    OUT/nyud_info.json                          what was converted; the stamp that the completeness
+                                                check and --force look for
 
 The tree is built in a hidden temporary folder beside OUT and renamed into place at the end, so a
 crash or Ctrl-C leaves nothing half-written.
@@ -32,6 +33,7 @@ from cmim_dense.nyud_io.mat import (
     load_class_mapping,
     load_splits,
 )
+from cmim_dense.utils.io import replace_dir
 from cmim_dense.utils.progress import progress_bar
 
 INFO_FILE = "nyud_info.json"
@@ -142,11 +144,29 @@ def _check_frame(root: Path, split: str, name: str, shape: tuple, num_classes: i
                 )
 
 
+def _missing_or_empty(out: Path) -> bool:
+    return not out.exists() or (out.is_dir() and not any(out.iterdir()))
+
+
+def _check_replaceable(out: Path) -> None:
+    """Raise :class:`NYUDFormatError` unless ``out`` is missing, an empty folder, or stamped by
+    :func:`prepare_nyud` (a valid ``nyud_info.json``, even if the tree is otherwise partial):
+    nothing else is ever replaced, ``force`` or not."""
+    if not _missing_or_empty(out) and _read_info(out) is None:
+        raise NYUDFormatError(
+            f"{out}: not empty and not a tree written by prepare_nyud (no valid {INFO_FILE}); "
+            "refusing to replace it, even with --force"
+        )
+
+
 def _existing_is_complete(out: Path, classes: int, force: bool) -> bool:
-    """True if ``out`` is a finished tree for ``classes`` (nothing to do); raises if it is a
-    partial or different one and ``force`` is off."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    """True if ``out`` is a finished tree for ``classes`` and ``force`` is off (nothing to do).
+
+    Raises :class:`NYUDFormatError` if ``out`` holds anything but a stamped tree, or, with
+    ``force`` off, a stamped tree that is partial or for other ``classes``."""
+    if _missing_or_empty(out):
         return False
+    _check_replaceable(out)
     if force:
         return False
     try:
@@ -154,7 +174,7 @@ def _existing_is_complete(out: Path, classes: int, force: bool) -> bool:
     except NYUDFormatError as exc:
         reason = str(exc).removeprefix(f"{out}: ")
         raise NYUDFormatError(
-            f"{out}: existing output is partial or foreign ({reason}); use --force to replace it"
+            f"{out}: existing output is partial ({reason}); use --force to replace it"
         ) from exc
     if info["classes"] != classes:
         raise NYUDFormatError(
@@ -202,7 +222,8 @@ def prepare_nyud(
         classes: 40 or 13.
         mapping13: ``class13Mapping.mat``, needed for ``classes=13``; defaults to the file of that
             name beside ``mapping``.
-        force: rebuild and replace an existing ``out``.
+        force: rebuild and replace an existing ``out``; only an empty folder or a tree this
+            function wrote (stamped with ``nyud_info.json``) is ever replaced.
         progress: show a progress bar.
 
     Raises:
@@ -288,11 +309,8 @@ def _convert(
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``, replacing an old ``out`` only after it is complete."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    out.rename(old / out.name)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    """Move the finished ``tmp`` to ``out``, replacing an old ``out`` only after it is complete,
+    and only if it is still empty or stamped (it may have changed during the conversion)."""
+    if out.exists():
+        _check_replaceable(out)
+    replace_dir(tmp, out)

@@ -25,6 +25,8 @@ import h5py
 import numpy as np
 import scipy.io
 
+from cmim_dense.utils.errors import InputError
+
 LABELED_KEYS = ("images", "depths", "labels", "names")
 _MAT73_USERBLOCK = 512
 # h5py chunk cache per dataset: MATLAB may chunk several frames together; a cache of a few frames
@@ -32,7 +34,7 @@ _MAT73_USERBLOCK = 512
 _CHUNK_CACHE_BYTES = 16 * 2**20
 
 
-class NYUDFormatError(ValueError):
+class NYUDFormatError(InputError):
     """An NYUD-v2 input or output does not have the expected format. The message names the file."""
 
 

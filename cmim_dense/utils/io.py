@@ -13,6 +13,8 @@ import json
 import math
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,21 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return write_bytes_atomic(path, buf.getvalue())
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Move the finished folder ``tmp`` to ``out`` (same parent folder, so a rename).
+
+    An existing ``out`` is moved aside first and deleted only after ``tmp`` took its place, so
+    a reader sees the old complete folder or the new one. The caller decides whether ``out``
+    may be replaced at all.
+    """
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        tmp.rename(out)
+        return out
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    out.rename(old / out.name)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out

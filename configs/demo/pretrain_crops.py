@@ -11,7 +11,7 @@ model = dict(
     num_classes=num_classes,
     cmim_lambda=0.1,
     cmim=dict(critic="flip", n_nce=0),
-    tap_pool=2,
+    tap_size=2,
 )
 dataset = dict(type="ImageFolderClassification", data_root=crops_root, img_size=img_size)
 train_dataloader = dict(

@@ -1,4 +1,4 @@
-# CMIM paper, CIFAR-100: binary ResNet-18 (Bi-Real: ApproxSign, sign(W) * mean|W|) + CMIM, lambda 3.2.
+# CMIM paper, CIFAR-100: binary ResNet-18 (Bi-Real: ApproxSign, sign(W) * mean|W|) + CMIM, lambda 3.2 (Table 3).
 _base_ = [
     "../_base_/models/bin_r18_cls.py",
     "../_base_/datasets/cifar100.py",

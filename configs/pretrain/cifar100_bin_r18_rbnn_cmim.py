@@ -1,4 +1,4 @@
-# CMIM paper, CIFAR-100: binary ResNet-18 (RBNN, bi-rotated weights) + CMIM, lambda 3.2.
+# CMIM paper, CIFAR-100: binary ResNet-18 (RBNN, bi-rotated weights) + CMIM, lambda 3.2 (Table 3).
 # RBNN's public CIFAR recipe is SGD lr 0.1, momentum 0.9, wd 1e-4, cosine, batch 256, i.e. this
 # schedule; it runs 1000 epochs, we keep the CMIM paper's 400 so runs compare.
 # The rotations are re-solved before every epoch (RBNNRotationHook). mmengine replaces lists

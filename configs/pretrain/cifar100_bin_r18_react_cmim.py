@@ -1,4 +1,4 @@
-# CMIM paper, CIFAR-100: ReActNet-style binary ResNet-18 (RSign + RPReLU) + CMIM, lambda 3.2.
+# CMIM paper, CIFAR-100: ReActNet-style binary ResNet-18 (RSign + RPReLU) + CMIM, lambda 3.2 (Table 3).
 # Optimizer: ReActNet's Adam, lr 5e-4, no weight decay (as configs/pretrain/imagenet_*_react_*).
 _base_ = [
     "../_base_/models/bin_r18_cls.py",

@@ -1,4 +1,4 @@
-# CMIM paper, CIFAR-10: binary ResNet-18 (IR-Net) + CMIM, lambda 3.2, 400 epochs.
+# CMIM paper, CIFAR-10: binary ResNet-18 (IR-Net) + CMIM, lambda 3.2 (Table 3), 400 epochs.
 _base_ = [
     "../_base_/models/bin_r18_cls.py",
     "../_base_/datasets/cifar10.py",

@@ -1,4 +1,4 @@
-# CMIM paper, ImageNet: binary ResNet-18 (RBNN, bi-rotated weights) + CMIM (embed critic).
+# CMIM paper, ImageNet: binary ResNet-18 (RBNN, bi-rotated weights) + CMIM (the paper's flip critic).
 # RBNN's public ImageNet recipe is SGD lr 0.1, wd 1e-4, cosine, batch 256 (this schedule) for
 # 120 epochs; we keep the CMIM paper's 100. Rotations are re-solved before every epoch.
 # mmengine replaces lists on merge, so the default runtime's two hooks are listed again.
@@ -8,7 +8,7 @@ _base_ = [
     "../_base_/schedules/imagenet_100e.py",
     "../_base_/default_runtime.py",
 ]
-model = dict(backbone=dict(binarizer="rbnn"), num_classes=1000, cmim_lambda=0.8)
+model = dict(backbone=dict(binarizer="rbnn"), num_classes=1000, cmim_lambda=1.6)
 custom_hooks = [
     dict(type="BinarizerProgressHook", interval=100),
     dict(type="NumClassesCheckHook"),

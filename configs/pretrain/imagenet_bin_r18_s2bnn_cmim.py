@@ -1,6 +1,6 @@
 # S2-BNN (Shen et al. CVPR 2021): label-free pretraining of a ReActNet-style binary ResNet-18 by
 # matching the prediction distribution of a frozen real-valued self-supervised teacher
-# (guided distribution calibration), + CMIM (embed critic). Labels in the data are never read.
+# (guided distribution calibration), + CMIM (the paper's flip critic). Labels in the data are never read.
 #
 # Teacher: the paper's MoCo v2 ResNet-50 (800 epochs, moco_v2_800ep_pretrain.pth.tar) with its
 # 2048-2048-128 projection head; its keys sit under 'module.encoder_q.'. Nothing is downloaded:
@@ -24,7 +24,7 @@ model = dict(
     type="S2BNNClassifier",
     backbone=dict(binarizer="react", block="react"),
     num_classes=128,
-    cmim_lambda=0.8,
+    cmim_lambda=1.6,
     teacher=dict(
         arch="resnet50",
         checkpoint="data/teachers/resnet50_ssl.pth",

@@ -1,5 +1,5 @@
 # CMIM paper, ImageNet: binary ResNet-18 with unbalanced activations (Kim et al. 2021): Bi-Real
-# with the sign threshold shifted, sign(a - theta), + CMIM (embed critic).
+# with the sign threshold shifted, sign(a - theta), + CMIM (the paper's flip critic).
 # The paper sweeps fixed shifts and gives no single default; theta = 0.2 (more -1 than +1) is
 # our pick: sweep it with --cfg-options model.backbone.binarizer.theta=VALUE.
 _base_ = [
@@ -11,5 +11,5 @@ _base_ = [
 model = dict(
     backbone=dict(binarizer=dict(_delete_=True, type="threshold_shift", base="bireal", theta=0.2)),
     num_classes=1000,
-    cmim_lambda=0.8,
+    cmim_lambda=1.6,
 )

@@ -1,5 +1,5 @@
 """Backbones."""
 
-from cmim_dense.models.backbones.bin_resnet import BinaryResNet, CheckpointMismatchError
+from cmim_dense.models.backbones.bin_resnet import BinaryResNet
 
-__all__ = ["BinaryResNet", "CheckpointMismatchError"]
+__all__ = ["BinaryResNet"]

@@ -3,8 +3,10 @@
 Follows Bi-Real / IR-Net practice: a real-valued stem and real-valued downsample
 shortcuts, binary 3x3 convs, and a real-valued shortcut around *every* binary conv.
 The ``react`` block adds ReActNet's RPReLU after each residual add, the ``adabin`` block
-AdaBin's Maxout (see :data:`BLOCK_ACTIVATIONS`). Registered in
-mmseg's MODELS (for dense configs) and in timm (``timm.create_model('bin_resnet18')``).
+AdaBin's Maxout (see :data:`BLOCK_ACTIVATIONS`). Registered in mmseg's MODELS (for dense
+configs) and in timm, with timm's model contract: ``timm.create_model('bin_resnet18')``,
+``forward_features`` / ``forward_head`` / ``forward_intermediates``, ``feature_info`` and
+``features_only=True``.
 """
 
 from __future__ import annotations
@@ -13,25 +15,23 @@ from collections.abc import Sequence
 
 import torch
 from mmengine.model import BaseModule
-from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import MODELS
-from timm.models import register_model
+from timm.layers import Mlp, create_classifier
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.binary.adabin import Maxout
+from cmim_dense.utils.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict
 
 ARCH_SETTINGS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+STEM_STRIDES = {"imagenet": 4, "cifar": 1}
 # (strides, dilations) per output stride, as mmseg's DeepLab configs set them.
 OUTPUT_STRIDES = {
     32: ((1, 2, 2, 2), (1, 1, 1, 1)),
     16: ((1, 2, 2, 1), (1, 1, 1, 2)),
     8: ((1, 2, 1, 1), (1, 1, 2, 4)),
 }
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A pretrained checkpoint does not fit the backbone's architecture."""
 
 
 class RPReLU(nn.Module):
@@ -117,9 +117,13 @@ class BinaryBasicBlock(nn.Sequential):
         )
 
 
+# Keys of the classifier, which a headless backbone (num_classes=0) leaves out of a checkpoint.
+CLASSIFIER_PREFIXES = ("fc.", "global_pool.")
+
+
 @MODELS.register_module()
 class BinaryResNet(BaseModule):
-    """Binary ResNet backbone.
+    """Binary ResNet backbone, and with ``num_classes > 0`` a classifier (timm convention).
 
     Args:
         depth: 18 or 34.
@@ -129,21 +133,25 @@ class BinaryResNet(BaseModule):
         base_channels: width of the first stage; stages have 1, 2, 4, 8 times it.
         stem: ``'imagenet'`` (7x7/2 conv + 3x3/2 max-pool, stride 4) or ``'cifar'``
             (3x3/1 conv, stride 1). The stem is real-valued.
-        out_indices: stages whose outputs ``forward`` returns (mmseg convention).
+        in_chans: input channels (timm's name).
+        out_indices: stages whose outputs ``forward`` returns when headless (mmseg convention).
         output_stride: 32, 16 or 8; sets ``strides``/``dilations`` as in DeepLab.
         strides, dilations: per-stage values, used when ``output_stride`` is None.
         contract_dilation: the first block of a dilated stage uses half the dilation,
             as in mmseg's ResNetV1c.
-        frozen: eval-mode BN, ``requires_grad=False`` and a forward under ``no_grad``;
-            ``train()`` does not undo it.
-        num_classes: if > 0, adds global pooling and a real-valued FC and ``forward``
-            returns logits (N, num_classes) (timm convention).
+        num_classes: 0 (default): a headless mmseg backbone whose ``forward`` returns the
+            ``out_indices`` stage outputs. > 0: global pooling and a real-valued classifier,
+            and ``forward`` returns logits (N, num_classes).
+        global_pool: timm pooling type of the classifier (``'avg'``).
+        head_hidden: if set, the classifier is an MLP Linear(C, head_hidden)-ReLU-Linear (the
+            projection head of self-supervised teachers, used by S2-BNN) instead of one Linear.
         pretrained: checkpoint path whose ``backbone.*`` keys are loaded by
             ``init_weights`` (shorthand for the ``init_cfg`` below, and settable with
             ``--cfg-options model.backbone.pretrained=PATH``).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')`` loads
-            a checkpoint strictly: missing or unexpected keys raise
-            :class:`CheckpointMismatchError`.
+            a checkpoint strictly: missing, unexpected or mis-shaped keys raise
+            :class:`~cmim_dense.utils.checkpoint.CheckpointError`. A headless backbone ignores
+            the checkpoint's classifier (``fc.*``).
 
     Shapes: input (N, 3, H, W); stage i output (N, base_channels * 2^i, H / s_i, W / s_i)
     with s = (4, 8, 16, 32) at output stride 32 for the ImageNet stem.
@@ -156,13 +164,15 @@ class BinaryResNet(BaseModule):
         block: str = "basic",
         base_channels: int = 64,
         stem: str = "imagenet",
+        in_chans: int = 3,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         output_stride: int | None = None,
         strides: Sequence[int] = (1, 2, 2, 2),
         dilations: Sequence[int] = (1, 1, 1, 1),
         contract_dilation: bool = True,
-        frozen: bool = False,
         num_classes: int = 0,
+        global_pool: str = "avg",
+        head_hidden: int | None = None,
         pretrained: str | None = None,
         init_cfg: dict | None = None,
     ):
@@ -175,8 +185,8 @@ class BinaryResNet(BaseModule):
             raise ValueError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
         if block not in BLOCK_ACTIVATIONS:
             raise ValueError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        if stem not in STEM_STRIDES:
+            raise ValueError(f"stem must be one of {sorted(STEM_STRIDES)}, got {stem!r}")
         if output_stride is not None:
             if output_stride not in OUTPUT_STRIDES:
                 raise ValueError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
@@ -187,28 +197,30 @@ class BinaryResNet(BaseModule):
             raise ValueError(f"out_indices must be in 0..3, got {tuple(out_indices)}")
         self.depth = depth
         self.out_indices = tuple(out_indices)
-        self.frozen = frozen
-        self.num_classes = num_classes
         self.channels = tuple(base_channels * 2**i for i in range(4))
+        self.num_features = self.channels[-1]
+        self.head_hidden = head_hidden
 
         if stem == "imagenet":
             self.stem = nn.Sequential(
-                nn.Conv2d(3, base_channels, 7, stride=2, padding=3, bias=False),
+                nn.Conv2d(in_chans, base_channels, 7, stride=2, padding=3, bias=False),
                 nn.BatchNorm2d(base_channels),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(3, base_channels, 3, stride=1, padding=1, bias=False),
+                nn.Conv2d(in_chans, base_channels, 3, stride=1, padding=1, bias=False),
                 nn.BatchNorm2d(base_channels),
                 nn.ReLU(inplace=True),
             )
 
         self.stages = nn.ModuleList()
+        self.feature_info = []
+        reduction = STEM_STRIDES[stem]
         in_channels = base_channels
-        for num_blocks, out_channels, stride, dilation in zip(
-            ARCH_SETTINGS[depth], self.channels, strides, dilations
+        for i, (num_blocks, out_channels, stride, dilation) in enumerate(
+            zip(ARCH_SETTINGS[depth], self.channels, strides, dilations)
         ):
             first = dilation // 2 if contract_dilation and dilation > 1 else dilation
             blocks = [
@@ -223,24 +235,12 @@ class BinaryResNet(BaseModule):
                 for _ in range(num_blocks - 1)
             ]
             self.stages.append(nn.Sequential(*blocks))
+            reduction *= stride
+            self.feature_info.append(
+                dict(num_chs=out_channels, reduction=reduction, module=f"stages.{i}")
+            )
             in_channels = out_channels
-
-        self.num_features = self.channels[-1]
-        if num_classes > 0:
-            self.global_pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(self.num_features, num_classes)
-        if frozen:
-            self._freeze()
-
-    # -- freezing --------------------------------------------------------------------------
-    def _freeze(self) -> None:
-        for param in self.parameters():
-            param.requires_grad_(False)
-        nn.Module.train(self, False)
-
-    def train(self, mode: bool = True) -> BinaryResNet:
-        super().train(mode and not self.frozen)
-        return self
+        self.reset_classifier(num_classes, global_pool)
 
     # -- weights ---------------------------------------------------------------------------
     def init_weights(self) -> None:
@@ -250,28 +250,17 @@ class BinaryResNet(BaseModule):
             self._is_init = True
         else:
             super().init_weights()
-        if self.frozen:
-            self._freeze()
 
     def load_pretrained(self, checkpoint: str, prefix: str | None = "backbone.") -> None:
-        """Load ``checkpoint`` (keys under ``prefix``) strictly, with a readable error."""
-        ckpt = _load_checkpoint(checkpoint, map_location="cpu")
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-        if prefix:
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise CheckpointMismatchError(f"{checkpoint}: no weights under prefix {prefix!r}")
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong_shape:
-            raise CheckpointMismatchError(
-                f"{checkpoint} does not fit BinaryResNet-{self.depth} "
-                f"(channels {self.channels}): {_describe('missing', missing)}"
-                f"{_describe('unexpected', unexpected)}{_describe('wrong shape', wrong_shape)}"
-            )
-        self.load_state_dict(state, strict=True)
+        """Load ``checkpoint`` (keys under ``prefix``) strictly, with a one-line error.
+
+        A headless backbone drops the checkpoint's classifier; anything else that does not
+        match raises :class:`~cmim_dense.utils.checkpoint.CheckpointError`.
+        """
+        state = read_state_dict(checkpoint, prefix)
+        target = f"BinaryResNet-{self.depth} (channels {self.channels})"
+        ignore = CLASSIFIER_PREFIXES if self.num_classes == 0 else ()
+        load_state_dict_strict(self, state, checkpoint, target, ignore=ignore)
 
     # -- taps ------------------------------------------------------------------------------
     def binary_convs(self) -> list[BinaryConv2d]:
@@ -281,80 +270,159 @@ class BinaryResNet(BaseModule):
     def tap_layers(self, mode: str = "stage") -> list[BinaryConv2d]:
         """Layers to tap for CMIM, shallow to deep.
 
-        ``'stage'``: the last binary conv of each stage (K = 4); ``'all'``: every binary conv.
+        ``'stage'``: the last binary conv of each stage (K = 4); ``'all'``: every binary conv;
+        ``'last'``: the last binary conv of the network (K = 1).
         """
+        convs = self.binary_convs()
         if mode == "all":
-            return self.binary_convs()
+            return convs
+        if mode == "last":
+            return convs[-1:]
         if mode == "stage":
             return [
                 [m for m in stage.modules() if isinstance(m, BinaryConv2d)][-1]
                 for stage in self.stages
             ]
-        raise ValueError(f"tap mode must be 'stage' or 'all', got {mode!r}")
+        raise ValueError(f"tap mode must be 'stage', 'all' or 'last', got {mode!r}")
 
-    # -- forward ---------------------------------------------------------------------------
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        """(N, 3, H, W) -> the four stage outputs."""
+    # -- forward (timm's contract) -----------------------------------------------------------
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """(N, 3, H, W) -> the stage outputs at ``indices`` (timm: an int n means the last n),
+        and, unless ``intermediates_only``, the final feature map (N, C, h, w) too."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
+        take = _stage_indices(indices, len(self.stages))
         x = self.stem(x)
-        outs = []
+        intermediates = []
+        last = max(take) if stop_early else len(self.stages) - 1
+        for i, stage in enumerate(self.stages[: last + 1]):
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the classifier); returns them."""
+        take = _stage_indices(indices, len(self.stages))
+        self.stages = self.stages[: max(take) + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) -> the last stage's output (N, C, h, w)."""
+        x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
-            outs.append(x)
-        return outs
+        return x
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        """Last stage output (N, C, h, w) -> logits (N, num_classes)."""
-        return self.fc(self.global_pool(x).flatten(1))
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Last stage output (N, C, h, w) -> logits (N, num_classes), or the pooled (N, C)."""
+        x = self.global_pool(x)
+        return x if pre_logits else self.fc(x)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...] | Tensor:
-        if self.frozen:
-            with torch.no_grad():
-                return self._forward(x)
-        return self._forward(x)
-
-    def _forward(self, x: Tensor) -> tuple[Tensor, ...] | Tensor:
-        outs = self.forward_features(x)
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Logits (N, num_classes) with a classifier; else the ``out_indices`` stage outputs."""
         if self.num_classes > 0:
-            return self.forward_head(outs[-1])
-        return tuple(outs[i] for i in self.out_indices)
+            return self.forward_head(self.forward_features(x))
+        return tuple(self.forward_intermediates(x, self.out_indices, intermediates_only=True))
 
-    # timm's classifier interface
     def get_classifier(self) -> nn.Module:
-        return self.fc if self.num_classes > 0 else nn.Identity()
+        return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """A new classifier for ``num_classes`` (0: none, ``forward`` returns features)."""
         self.num_classes = num_classes
-        if num_classes > 0:
-            self.global_pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(self.num_features, num_classes)
+        if num_classes > 0 and self.head_hidden:
+            self.global_pool = create_classifier(self.num_features, 0, global_pool)[0]
+            self.fc = Mlp(self.num_features, self.head_hidden, num_classes, act_layer=nn.ReLU)
+        else:
+            self.global_pool, self.fc = create_classifier(
+                self.num_features, num_classes, global_pool
+            )
 
 
-def _describe(what: str, keys: list[str]) -> str:
-    if not keys:
-        return ""
-    shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
-    return f"{len(keys)} {what} key(s) [{shown}]; "
+def _stage_indices(indices: int | Sequence[int] | None, num_stages: int) -> list[int]:
+    """timm's convention: None = all stages, an int n = the last n, else explicit indices."""
+    if indices is None:
+        return list(range(num_stages))
+    if isinstance(indices, int):
+        return list(range(num_stages - indices, num_stages))
+    take = [i % num_stages if i < 0 else i for i in indices]
+    if not all(0 <= i < num_stages for i in take):
+        raise ValueError(f"stage indices must be in 0..{num_stages - 1}, got {list(indices)}")
+    return take
 
 
-def _create_timm(depth: int, pretrained: bool, **kwargs) -> BinaryResNet:
-    if pretrained:
-        raise ValueError(
-            "no pretrained binary weights are hosted; pass "
-            "init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')"
+def _cfg(**kwargs) -> dict:
+    return dict(
+        url="",
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.875,
+        interpolation="bilinear",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        first_conv="stem.0",
+        classifier="fc",
+        license="apache-2.0",
+        **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs(
+    {"bin_resnet18.untrained": _cfg(), "bin_resnet34.untrained": _cfg()}
+)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """timm's pretrained filter: a project checkpoint keeps the network under ``backbone.``
+    (beside CMIM critics and banks); take those keys without the prefix."""
+    prefix = "backbone."
+    if any(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return state_dict
+
+
+def _create_timm(variant: str, depth: int, pretrained: bool, **kwargs) -> BinaryResNet:
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not overlay.get("file"):
+        raise CheckpointError(
+            "no pretrained binary weights are hosted; pass a project checkpoint with "
+            "pretrained_cfg_overlay=dict(file=PATH, num_classes=N)"
         )
-    for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(timm_only, None)
-    kwargs.setdefault("num_classes", 1000)
-    return BinaryResNet(depth=depth, **kwargs)
+    return build_model_with_cfg(
+        BinaryResNet,
+        variant,
+        pretrained,
+        depth=depth,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter"),
+        **kwargs,
+    )
 
 
 @register_model
 def bin_resnet18(pretrained: bool = False, **kwargs) -> BinaryResNet:
     """Binary ResNet-18; ``timm.create_model('bin_resnet18', binarizer='irnet')``."""
-    return _create_timm(18, pretrained, **kwargs)
+    return _create_timm("bin_resnet18", 18, pretrained, **kwargs)
 
 
 @register_model
 def bin_resnet34(pretrained: bool = False, **kwargs) -> BinaryResNet:
     """Binary ResNet-34; ``timm.create_model('bin_resnet34', binarizer='irnet')``."""
-    return _create_timm(34, pretrained, **kwargs)
+    return _create_timm("bin_resnet34", 34, pretrained, **kwargs)

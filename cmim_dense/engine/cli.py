@@ -1,0 +1,30 @@
+"""What the command-line tools share: common options and one-line input errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from mmengine.config import DictAction
+
+from cmim_dense.utils.errors import InputError
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options that ``tools/train.py`` and ``tools/test.py`` share."""
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+
+
+def run_tool(job: Callable[[], int | None]) -> int:
+    """Run a tool's job; the project's input errors become one ``error:`` line and exit 2.
+
+    Anything else is a bug and keeps its traceback.
+    """
+    try:
+        return job() or 0
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,174 @@
+"""Loading a project config: ``--cfg-options``, the work dir, AMP, and a check of every key."""
+
+from __future__ import annotations
+
+import inspect
+import os.path as osp
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+from mmseg.registry import (
+    DATASETS,
+    HOOKS,
+    LOOPS,
+    METRICS,
+    MODELS,
+    OPTIM_WRAPPERS,
+    OPTIMIZERS,
+    PARAM_SCHEDULERS,
+    TRANSFORMS,
+)
+
+from cmim_dense.binary.registry import BINARIZERS
+from cmim_dense.utils.errors import InputError
+
+# Which registry builds the ``type`` of each part of a config (nested dicts follow their parent).
+_REGISTRIES = {
+    "model": MODELS,
+    "train_cfg": LOOPS,
+    "val_cfg": LOOPS,
+    "test_cfg": LOOPS,
+    "custom_hooks": HOOKS,
+    "default_hooks": HOOKS,
+    "optim_wrapper": OPTIM_WRAPPERS,
+    "param_scheduler": PARAM_SCHEDULERS,
+    "val_evaluator": METRICS,
+    "test_evaluator": METRICS,
+}
+_NESTED_REGISTRIES = {
+    "optimizer": OPTIMIZERS,
+    "dataset": DATASETS,
+    "pipeline": TRANSFORMS,
+    "binarizer": BINARIZERS,
+    "base": BINARIZERS,  # threshold_shift's base method
+}
+_DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+# mmengine builds a loop without ``type`` from ``by_epoch``.
+_DEFAULT_LOOPS = {True: "EpochBasedTrainLoop", False: "IterBasedTrainLoop"}
+# Arguments a builder passes itself, or that mmengine reads and removes before building.
+_IMPLICIT = {"type", "_scope_", "runner", "dataloader", "evaluator", "params", "model", "by_epoch"}
+# Layer configs that mmcv's build_norm_layer / build_conv_layer / initialisers interpret with
+# extra keys of their own (``requires_grad``, ...): not checked against a class signature.
+_LAYER_CONFIGS = {"norm_cfg", "act_cfg", "conv_cfg", "init_cfg", "dcn", "plugins"}
+
+
+def load_config(
+    config: str,
+    cfg_options: dict | None = None,
+    work_dir: str | None = None,
+    launcher: str = "none",
+) -> Config:
+    """Read ``config``, apply ``--cfg-options``, check every key and choose the work dir.
+
+    The work dir is, by priority: ``work_dir``, the config's ``work_dir``,
+    ``work_dirs/<config name>``.
+
+    Raises:
+        InputError: the config file is missing, or a key is not an argument of what it builds.
+    """
+    if not osp.isfile(config):
+        raise InputError(f"config file not found: {config}")
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    check_config_keys(cfg)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("work_dirs", Path(config).stem)
+    return cfg
+
+
+def enable_amp(cfg: Config, amp: str) -> None:
+    """Switch the optimizer wrapper to mixed precision.
+
+    ``amp``: ``'auto'`` (on when CUDA is available), ``'on'`` or ``'off'``.
+    """
+    if amp not in ("auto", "on", "off"):
+        raise InputError(f"amp must be auto, on or off, got {amp!r}")
+    use = amp == "on" or (amp == "auto" and torch.cuda.is_available())
+    if not use:
+        return
+    wrapper = cfg.optim_wrapper
+    if wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
+        return
+    if wrapper.get("type", "OptimWrapper") != "OptimWrapper":
+        raise InputError(f"AMP needs an OptimWrapper, the config has {wrapper.type}")
+    wrapper.type = "AmpOptimWrapper"
+    wrapper.setdefault("loss_scale", "dynamic")
+
+
+def accepted_arguments(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy;
+    None when some ``**kwargs`` is not passed on to a parent (anything may be accepted)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names - {"self"}
+        if klass is object or klass.__module__.startswith("torch.nn"):
+            return None
+    return None
+
+
+def check_config_keys(cfg: Config) -> None:
+    """Check that every key of a built part of ``cfg`` is an argument of the class it builds.
+
+    Covers the model (recursively), loops, hooks, optimizer, schedulers, datasets, pipelines and
+    evaluators: a typo such as ``model.backbone.binariser`` or ``train_cfg.max_iter`` fails here
+    with one line naming the key and the accepted ones, not deep inside the Runner.
+    """
+    for key, registry in _REGISTRIES.items():
+        _check_value(cfg.get(key), key, registry)
+    for key in _DATALOADERS:
+        loader = cfg.get(key)
+        if isinstance(loader, dict):
+            _check_value(loader.get("dataset"), f"{key}.dataset", DATASETS)
+
+
+def _check_value(value, path: str, registry) -> None:
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_value(item, f"{path}[{i}]", registry)
+    elif isinstance(value, dict):
+        if registry is HOOKS and "type" not in value:  # default_hooks: name -> hook config
+            for name, hook in value.items():
+                _check_value(hook, f"{path}.{name}", registry)
+            return
+        _check_dict(value, path, registry)
+
+
+def _check_dict(cfg: dict, path: str, registry) -> None:
+    type_name = cfg.get("type")
+    if type_name is None and registry is LOOPS and "by_epoch" in cfg:
+        type_name = _DEFAULT_LOOPS[bool(cfg["by_epoch"])]
+    if isinstance(type_name, str):
+        cls = registry.get(type_name)
+        if cls is None:
+            raise InputError(f"{path}.type: unknown {registry.name} type {type_name!r}")
+        accepted = accepted_arguments(cls) if inspect.isclass(cls) else None
+        if accepted is not None:
+            unknown = sorted(k for k in cfg if k not in accepted and k not in _IMPLICIT)
+            if unknown:
+                raise InputError(
+                    f"{path}.{unknown[0]}: {type_name} has no argument {unknown[0]!r}; "
+                    f"it accepts {', '.join(sorted(accepted - _IMPLICIT))}"
+                )
+    for key, value in cfg.items():
+        if key in _LAYER_CONFIGS:
+            continue
+        nested = _NESTED_REGISTRIES.get(key, registry)
+        if isinstance(value, dict) and ("type" in value or key in _NESTED_REGISTRIES):
+            _check_dict(value, f"{path}.{key}", nested)
+        elif isinstance(value, list | tuple) and key in ("pipeline", "transforms"):
+            _check_value(value, f"{path}.{key}", TRANSFORMS)
+        elif isinstance(value, list | tuple) and all(
+            isinstance(v, dict) and "type" in v for v in value
+        ):
+            _check_value(value, f"{path}.{key}", nested)

@@ -1,0 +1,108 @@
+"""Reading checkpoints safely and loading them strictly, with one-line errors.
+
+Every checkpoint is read with ``torch.load(weights_only=True)`` (through mmengine's loader), so a
+file can never run code; a file that is not a readable checkpoint, or whose tensors do not fit
+the model key by key and shape by shape, raises :class:`CheckpointError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable, Mapping
+
+import torch
+from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_with_prefix
+from torch import Tensor, nn
+
+from cmim_dense.utils.errors import InputError
+
+_SHOWN_KEYS = 5
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def read_state_dict(path: str | os.PathLike, prefix: str | None = None) -> dict[str, Tensor]:
+    """The tensors of a local checkpoint: its ``state_dict`` (or the file itself if it is one).
+
+    Args:
+        path: a file written by ``torch.save`` (e.g. an mmengine checkpoint).
+        prefix: keep only the keys under this prefix (``'backbone.'``), with it removed.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable (truncated, not a checkpoint, or a
+            pickle that would need code to load), holds no tensors under ``prefix``, or holds
+            something other than tensors.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if prefix:
+            state = _load_checkpoint_with_prefix(prefix, path, map_location="cpu")
+        else:
+            ckpt = _load_checkpoint(path, map_location="cpu")
+            state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else ckpt
+    except AssertionError as err:  # mmengine asserts that the prefix exists
+        raise CheckpointError(f"{path}: no weights under prefix {prefix!r}") from err
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from err
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"{path}: holds no state dict")
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {_keys(bad)}")
+    return dict(state)
+
+
+def _keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return f"[{shown}{', ...' if len(keys) > _SHOWN_KEYS else ''}]"
+
+
+def check_state_dict(
+    expected: Mapping[str, Tensor], given: Mapping[str, Tensor], source: str, target: str
+) -> None:
+    """Raise :class:`CheckpointError` unless ``given`` has exactly the keys and shapes of
+    ``expected``; the message names the missing, unexpected and mis-shaped keys."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape)
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            detail = _keys(keys)
+            if what == "wrong shape":
+                k = keys[0]
+                detail += f" (e.g. {k}: {tuple(given[k].shape)} vs {tuple(expected[k].shape)})"
+            parts.append(f"{len(keys)} {what} key(s) {detail}")
+    raise CheckpointError(f"{source} does not fit {target}: " + "; ".join(parts))
+
+
+def load_state_dict_strict(
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str,
+    target: str | None = None,
+    ignore: Iterable[str] = (),
+) -> None:
+    """Check ``state`` against ``module`` with :func:`check_state_dict`, then load it.
+
+    ``ignore``: key prefixes of ``state`` that are dropped first (e.g. a classifier that a
+    headless backbone does not have).
+    """
+    ignore = tuple(ignore)
+    state = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}
+    check_state_dict(module.state_dict(), state, source, target or type(module).__name__)
+    with torch.no_grad():
+        module.load_state_dict(state, strict=True)

@@ -1,0 +1,53 @@
+"""Export a model as OpenVINO IR with bit-packed binary convolutions.
+
+python tools/export.py CONFIG [CHECKPOINT] --out DIR [--size H W] [--cfg-options key=value ...]
+
+CONFIG is a pretraining or a dense config and CHECKPOINT what tools/train.py wrote for it
+(without one, the config's own initialisation is exported). DIR gets backbone.xml/.bin, for a
+dense config model.xml/.bin too, and export.json with the layer counts, sizes and the error
+measured against the PyTorch model.
+"""
+
+import argparse
+import json
+import sys
+
+import cmim_dense  # noqa: F401  (shims and registries)
+from cmim_dense.engine.cli import run_tool
+from cmim_dense.utils.errors import InputError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="config file path")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint written by tools/train.py")
+    parser.add_argument("--out", required=True, help="output folder of the IR")
+    parser.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="input size of the exactness check"
+    )
+    parser.add_argument("--cfg-options", nargs="+", action=_dict_action(), help="override keys")
+    return parser.parse_args(argv)
+
+
+def _dict_action():
+    from mmengine.config import DictAction
+
+    return DictAction
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def job() -> None:
+        try:
+            from cmim_dense.deploy.export import export_config
+        except ImportError as err:
+            raise InputError(f"OpenVINO is needed to export ({err}); pip install openvino") from err
+        record = export_config(args.config, args.checkpoint, args.out, args.size, args.cfg_options)
+        print(json.dumps(record, indent=1))
+
+    return run_tool(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
