@@ -48,6 +48,8 @@ setup(
         "timm>=1.0",
         "h5py>=3.8",
         "opencv-python-headless>=4.8",
+        "openvino>=2025.0",
+        "scikit-learn>=1.3",
         "scipy>=1.10",
         "matplotlib>=3.7",
         "ftfy",

@@ -21,6 +21,7 @@ from cmim_dense.datasets.classification import (
     ImageFolderClassification,
 )
 from cmim_dense.evaluation.classification import TopKAccuracy
+from cmim_dense.utils.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,14 +70,14 @@ def test_image_folder_train_and_val(tmp_path: Path):
 
 
 def test_image_folder_errors(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         ImageFolderClassification(tmp_path / "missing")
     (tmp_path / "train").mkdir()
-    with pytest.raises(FileNotFoundError, match="class folder"):
+    with pytest.raises(InputError, match="class folder"):
         ImageFolderClassification(tmp_path)
     (tmp_path / "train" / "cls").mkdir()
     (tmp_path / "train" / "cls" / "a.txt").write_text("x")
-    with pytest.raises(FileNotFoundError, match="no valid file"):
+    with pytest.raises(InputError, match="no valid file"):
         ImageFolderClassification(tmp_path)
 
 
@@ -143,9 +144,9 @@ class _Exploit:
 
 
 def test_cifar_errors(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="data_root not found"):
+    with pytest.raises(InputError, match="data_root not found"):
         CIFARClassification(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+    with pytest.raises(InputError, match="data_batch_1"):
         CIFARClassification(tmp_path)
     with pytest.raises(ValueError, match="num_classes"):
         CIFARClassification(tmp_path, num_classes=7)

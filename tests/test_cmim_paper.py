@@ -140,8 +140,10 @@ def test_flip_critic_scores_are_the_ones_the_loss_uses():
     loss([(a_F, a_B)])
     scores = a_B @ a_F.T / (0.3 * 8)
     log_ratio = math.log(3 / 4)
-    pos = scores.diagonal() - torch.logaddexp(scores.diagonal(), torch.tensor(log_ratio))
-    neg = log_ratio - torch.logaddexp(scores, torch.tensor(log_ratio))
+    pos = scores.diagonal() - torch.logaddexp(
+        scores.diagonal(), torch.tensor(log_ratio, dtype=torch.float64)
+    )
+    neg = log_ratio - torch.logaddexp(scores, torch.tensor(log_ratio, dtype=torch.float64))
     neg = neg.masked_fill(torch.eye(4, dtype=torch.bool), 0.0)
     expected = pos.mean() + neg.sum(1).mean()
     assert loss.last_layer_terms[0].item() == pytest.approx(expected.item(), rel=1e-12)

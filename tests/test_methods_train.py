@@ -109,8 +109,8 @@ def test_every_binarizer_trains_with_cmim(tmp_path, method):
     config_method = SWAPPED.get(method, method)
     base = PRETRAIN / f"cifar100_bin_r18_{config_method}_cmim.py"
     base_cfg = Config.fromfile(str(base))
-    # In-batch negatives only: with no bank there is nothing for CRD's z_norm to normalise.
-    model = dict(backbone=dict(base_channels=8), cmim=dict(n_nce=0, z_norm=False))
+    # The paper's recipe of the config (flip critic, in-batch negatives, z_norm), narrower.
+    model = dict(backbone=dict(base_channels=8))
     if method in SWAPPED:
         model["backbone"]["binarizer"] = method
     # lr 0.1 is the SGD recipe for batch 256; at batch 16 it only oscillates.
@@ -122,10 +122,11 @@ def test_every_binarizer_trains_with_cmim(tmp_path, method):
     rows = _train(tmp_path, f"train_{method}", base, model, dict(data_root=str(data)), extra)
 
     assert rows[0]["loss_cmim"] != 0
-    first, last = _first_last(rows, "loss")
-    assert last < 0.8 * first, f"{method}: loss {first:.3f} -> {last:.3f}"
     first_cls, last_cls = _first_last(rows, "loss_cls")
     assert last_cls < first_cls, f"{method}: loss_cls {first_cls:.3f} -> {last_cls:.3f}"
+    # The literal CMIM term scales with the activations; it must stay bounded, not diverge.
+    first_cmim, last_cmim = _first_last(rows, "loss_cmim")
+    assert last_cmim < 3 * first_cmim, f"{method}: loss_cmim {first_cmim:.3f} -> {last_cmim:.3f}"
     assert ("loss_lns" in rows[0]) == (method == "lns")
     dumped = tmp_path / "work" / f"train_{method}.py"
     binarizer = Config.fromfile(str(dumped)).model.backbone.binarizer
@@ -235,7 +236,7 @@ def test_s2bnn_ignores_labels_and_matches_the_teacher_distribution(tmp_path):
     assert set(unlabeled) == set(labeled) == {"loss_distill"}
     torch.testing.assert_close(unlabeled["loss_distill"], labeled["loss_distill"])
     with torch.no_grad():
-        student = F.normalize(model.extract_logits(inputs), dim=1) / 0.2
+        student = F.normalize(model.backbone(inputs), dim=1) / 0.2
         teacher = F.normalize(model.teacher(inputs), dim=1) / 0.2
     expected = -(teacher.softmax(1) * student.log_softmax(1)).sum(1).mean()
     torch.testing.assert_close(unlabeled["loss_distill"].detach(), expected)
@@ -256,7 +257,7 @@ def test_s2bnn_contrastive_term_on_two_views(tmp_path):
     losses = model.loss(views, index=torch.arange(4))
     assert set(losses) == {"loss_distill", "loss_contrast"}
     with torch.no_grad():
-        z = model.extract_logits(views.flatten(0, 1)).view(4, 2, -1)
+        z = model.backbone(views.flatten(0, 1)).view(4, 2, -1)
     expected = 0.5 * info_nce_loss(z[:, 0], z[:, 1], 0.2)
     torch.testing.assert_close(losses["loss_contrast"].detach(), expected)
     with pytest.raises(ValueError, match="two views"):

@@ -22,6 +22,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
+from cmim_dense.utils.errors import InputError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -43,7 +45,7 @@ _CIFAR_LAYOUT = {
 
 def _check_split(split: str, allowed: tuple[str, ...]) -> None:
     if split not in allowed:
-        raise ValueError(f"split must be one of {allowed}, got {split!r}")
+        raise InputError(f"split must be one of {allowed}, got {split!r}")
 
 
 class _ClassificationBase(Dataset):
@@ -95,9 +97,12 @@ class ImageFolderClassification(_ClassificationBase):
     ):
         root = Path(data_root) / split
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder split not found: {root}")
-        classes, class_to_idx = find_classes(root)
-        self.samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
+            raise InputError(f"image folder split not found: {root}")
+        try:  # torchvision reports an empty tree or class folder as FileNotFoundError
+            classes, class_to_idx = find_classes(root)
+            self.samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
+        except FileNotFoundError as err:
+            raise InputError(f"{root}: {err}") from err
         self.classes = tuple(classes)
         self.split = split
         self.train = split == "train" if train is None else train
@@ -144,9 +149,9 @@ def _load_cifar_pickle(path: Path) -> dict:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"corrupt CIFAR pickle {path}: {e}") from e
+        raise InputError(f"corrupt CIFAR pickle {path}: {e}") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"corrupt CIFAR pickle {path}: expected a dict, got {type(obj).__name__}")
+        raise InputError(f"corrupt CIFAR pickle {path}: expected a dict, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -178,31 +183,31 @@ class CIFARClassification(_ClassificationBase):
         train: bool | None = None,
     ):
         if num_classes not in _CIFAR_LAYOUT:
-            raise ValueError(f"num_classes must be 10 or 100, got {num_classes}")
+            raise InputError(f"num_classes must be 10 or 100, got {num_classes}")
         _check_split(split, ("train", "test"))
         folder, train_files, test_files, label_key, meta_file, names_key = _CIFAR_LAYOUT[
             num_classes
         ]
         root = Path(data_root)
         if not root.is_dir():
-            raise FileNotFoundError(f"CIFAR data_root not found: {root}")
+            raise InputError(f"CIFAR data_root not found: {root}")
         if (root / folder).is_dir():
             root = root / folder
         files = [root / name for name in (train_files if split == "train" else test_files)]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"CIFAR-{num_classes} files {missing} not found in {root}")
+            raise InputError(f"CIFAR-{num_classes} files {missing} not found in {root}")
 
         images, labels = [], []
         for path in files:
             batch = _load_cifar_pickle(path)
             if "data" not in batch or label_key not in batch:
-                raise ValueError(
+                raise InputError(
                     f"corrupt CIFAR pickle {path}: needs keys 'data' and {label_key!r}"
                 )
             data = np.asarray(batch["data"], dtype=np.uint8)
             if data.ndim != 2 or data.shape[1] != 3072 or len(batch[label_key]) != len(data):
-                raise ValueError(
+                raise InputError(
                     f"corrupt CIFAR pickle {path}: data {data.shape} with "
                     f"{len(batch[label_key])} labels, expected (N, 3072) and N labels"
                 )
@@ -211,7 +216,7 @@ class CIFARClassification(_ClassificationBase):
         self.images = torch.from_numpy(np.concatenate(images))  # (N, 3, 32, 32) uint8
         self.labels = labels
         if max(labels) >= num_classes or min(labels) < 0:
-            raise ValueError(f"CIFAR-{num_classes} labels outside [0, {num_classes}) in {root}")
+            raise InputError(f"CIFAR-{num_classes} labels outside [0, {num_classes}) in {root}")
         self.classes = self._class_names(root / meta_file, names_key, num_classes)
         self.split = split
         self.train = split == "train" if train is None else train

@@ -20,6 +20,8 @@ from mmengine import fileio
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from cmim_dense.utils.errors import InputError
+
 # Names as in classMapping40.mat's ``className`` (including its spelling of 'refridgerator').
 NYUD40_CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -79,18 +81,18 @@ class NYUDv2Dataset(BaseSegDataset):
     def load_data_list(self) -> list[dict]:
         """Image and segmentation entries from mmseg, plus ``depth_map_path`` beside each.
 
-        Raises FileNotFoundError naming the folder if a data folder is missing or has no
+        Raises InputError naming the folder if a data folder is missing or has no
         image (mmseg would fail later, far from the cause).
         """
         for key, folder in self.data_prefix.items():
             if folder and not fileio.isdir(folder, backend_args=self.backend_args):
-                raise FileNotFoundError(
+                raise InputError(
                     f"{type(self).__name__}: {key} folder {folder} not found; "
                     "set data_root or run tools/prepare_nyud.py"
                 )
         data_list = super().load_data_list()
         if not data_list:
-            raise FileNotFoundError(
+            raise InputError(
                 f"{type(self).__name__}: no *{self.img_suffix} image in "
                 f"{self.data_prefix['img_path']}"
             )

@@ -6,6 +6,8 @@ import torch
 from mmseg.registry import DATASETS
 from torch.utils.data import Dataset
 
+from cmim_dense.utils.errors import InputError
+
 
 @DATASETS.register_module()
 class UnlabeledDataset(Dataset):
@@ -25,7 +27,7 @@ class UnlabeledDataset(Dataset):
 
     def __init__(self, dataset: Dataset | dict, num_views: int = 1):
         if num_views < 1:
-            raise ValueError(f"num_views must be >= 1, got {num_views}")
+            raise InputError(f"num_views must be >= 1, got {num_views}")
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
         self.num_views = num_views
 

@@ -28,6 +28,7 @@ from cmim_dense.models.backbones.bin_resnet import BinaryConvUnit, BinaryResNet,
 # The CPU plugin refuses BinaryConvolution with a padding above 2 ("unsupported parameters"):
 # such layers pad explicitly with -1 first, which is exact.
 MAX_NATIVE_PAD = 2
+CHANNEL_ALIGN = 8
 Node = ov.Output
 
 
@@ -116,6 +117,14 @@ def binary_conv_integer(x: Node, folded: FoldedBinaryConv, ones_kernel: bool = F
     if ones_kernel:
         bits = np.concatenate([bits, np.ones_like(bits[:1])])
         tap_sums = np.concatenate([tap_sums, np.full_like(tap_sums[:1], bits.shape[1])])
+    # The CPU plugin's kernel is exact only for C_in a multiple of 8: extra input channels of
+    # -1 against weights of -1 add +1 per tap everywhere (the border included, padded with -1),
+    # a constant taken off again below.
+    extra = -bits.shape[1] % CHANNEL_ALIGN
+    if extra:
+        u = ops.pad(u, _int([0, 0, 0, 0]), _int([0, extra, 0, 0]), "constant", _const(-1.0))
+        u = u.output(0)
+        bits = np.concatenate([bits, np.zeros((bits.shape[0], extra, *bits.shape[2:]), bool)], 1)
     pad = list(folded.padding)
     if max(pad) > MAX_NATIVE_PAD:
         u = ops.pad(u, _int([0, 0, *pad]), _int([0, 0, *pad]), "constant", _const(-1.0)).output(0)
@@ -130,6 +139,8 @@ def binary_conv_integer(x: Node, folded: FoldedBinaryConv, ones_kernel: bool = F
         "xnor-popcount",
         -1.0,
     ).output(0)
+    if extra:
+        y = ops.subtract(y, _const(float(extra * np.prod(bits.shape[2:])))).output(0)
     return ops.add(y, _border_map(x, folded, tap_sums)).output(0)
 
 

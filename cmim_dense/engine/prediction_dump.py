@@ -9,6 +9,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from cmim_dense.evaluation.visualize import arrays_from_sample, sample_panel, save_predictions_npz
+from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_bytes_atomic
 
 
@@ -41,7 +42,7 @@ class DensePredictionDumpHook(Hook):
             name = Path(sample.metainfo["img_path"]).stem
             bgr = cv2.imread(sample.metainfo["img_path"], cv2.IMREAD_COLOR)
             if bgr is None:
-                raise FileNotFoundError(f"cannot read test image {sample.metainfo['img_path']}")
+                raise InputError(f"cannot read test image {sample.metainfo['img_path']}")
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             arrays = arrays_from_sample(sample)
             if self._count < self.num_npz:

@@ -9,20 +9,22 @@ import numpy as np
 import torch
 from mmseg.evaluation.metrics import IoUMetric
 
+from cmim_dense.utils.errors import InputError
+
 IGNORE_INDEX = 255
 
 
 def _read(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise FileNotFoundError(f"cannot read {path}")
+        raise InputError(f"cannot read {path}")
     return image
 
 
 def _files(root: Path, kind: str, split: str) -> list[Path]:
     files = sorted((root / kind / split).glob("*.png"))
     if not files:
-        raise FileNotFoundError(f"no {kind} PNGs in {root / kind / split}")
+        raise InputError(f"no {kind} PNGs in {root / kind / split}")
     return files
 
 

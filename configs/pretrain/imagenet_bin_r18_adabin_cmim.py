@@ -7,5 +7,5 @@ _base_ = [
     "../_base_/schedules/imagenet_100e.py",
     "../_base_/default_runtime.py",
 ]
-model = dict(backbone=dict(binarizer="adabin", block="adabin"), num_classes=1000, cmim_lambda=1.6)
+model = dict(backbone=dict(binarizer="adabin", block="adabin"), num_classes=1000, cmim_lambda=0.05)
 optim_wrapper = dict(optimizer=dict(weight_decay=1e-5))
