@@ -241,7 +241,6 @@ def _tool(name: str):
     return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=f"tools_{name}")["main"]
 
 
-@BINARIZERS.register_module(name="three_level_test", force=True)
 class _ThreeLevelWeights(Binarizer):
     """A user's method whose weights take three values: no exact bit-packed form."""
 
@@ -250,8 +249,18 @@ class _ThreeLevelWeights(Binarizer):
         return levels[torch.arange(w.numel()) % 3].view_as(w) + 0 * w
 
 
+@pytest.fixture
+def three_level_binarizer():
+    """``_ThreeLevelWeights`` registered as ``three_level_test`` for one test only."""
+    BINARIZERS.register_module(name="three_level_test", module=_ThreeLevelWeights, force=True)
+    yield "three_level_test"
+    BINARIZERS.module_dict.pop("three_level_test")
+
+
 @pytest.mark.parametrize("case", ["other_arch", "truncated", "foreign_out", "not_binary"])
-def test_export_tool_bad_input_exits_2_and_leaves_nothing(tmp_path, capsys, case):
+def test_export_tool_bad_input_exits_2_and_leaves_nothing(
+    tmp_path, capsys, case, three_level_binarizer
+):
     config = _dense_config(tmp_path)
     out = tmp_path / "ir"
     checkpoint = None
@@ -270,7 +279,7 @@ def test_export_tool_bad_input_exits_2_and_leaves_nothing(tmp_path, capsys, case
         (out / "keep.txt").write_text("x")
     else:
         # Weights in {-1, 0, +1}: no u1 kernel holds them.
-        options = ["--cfg-options", "model.backbone.binarizer=three_level_test"]
+        options = ["--cfg-options", f"model.backbone.binarizer={three_level_binarizer}"]
     argv = [str(config), *([str(checkpoint)] if checkpoint else []), "--out", str(out), *options]
     assert _tool("export")(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -3,16 +3,29 @@
 python tools/benchmark.py cmim [--iters 15]
     one training step of a binary ResNet-18 with and without CMIM, at batch 32 / 32x32
     and batch 16 / 112x112; last line: cmim_step/plain_step: <flip> (flip) <embed> (embed, ...)
-python tools/benchmark.py transfer [--config CFG] [--batch 2] [--size 240 320]
+python tools/benchmark.py transfer [--config CFG] [--batch 2] [--size 240 320] [--backend openvino]
     one training step of the dense model with the frozen backbone vs full fine-tuning;
     last line: frozen_step/finetune_step: <ratio>
+python tools/benchmark.py deploy [--config CFG] [--size 480 640]
+    the config's frozen binary backbone at batch 1 on 2 threads: PyTorch simulation, OpenVINO fp32
+    IR, OpenVINO bit-packed binary IR, and every binary 3x3 layer alone; last lines:
+    openvino_binary/torch_fp32, openvino_binary/openvino_fp32, size fp32/binary
+
+Every comparison is timed interleaved (medians), so machine load hits all variants alike.
 """
 
 import argparse
 import sys
 
+import torch
+
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.benchmark import cmim_steps, median_step_times, transfer_steps
+from cmim_dense.engine.benchmark import (
+    cmim_steps,
+    deploy_steps,
+    median_step_times,
+    transfer_steps,
+)
 
 
 def run_cmim(args: argparse.Namespace) -> None:
@@ -35,12 +48,39 @@ def run_cmim(args: argparse.Namespace) -> None:
 
 def run_transfer(args: argparse.Namespace) -> None:
     height, width = args.size
-    times = median_step_times(transfer_steps(args.config, args.batch, height, width), args.iters)
+    steps = transfer_steps(args.config, args.batch, height, width, args.backend)
+    times = median_step_times(steps, args.iters)
     print(
         f"{args.config} batch {args.batch} at {height}x{width}: frozen "
         f"{times['frozen'] * 1e3:.1f} ms, finetune {times['finetune'] * 1e3:.1f} ms"
     )
     print(f"frozen_step/finetune_step: {times['frozen'] / times['finetune']:.3f}")
+
+
+def run_deploy(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    height, width = args.size
+    steps, layers, sizes = deploy_steps(args.config, height, width, args.threads)
+    layer_times = median_step_times(layers, args.iters)
+    print(f"{args.config} at {height}x{width}, batch 1, {args.threads} threads")
+    print("binary 3x3 layer   torch (ms)   openvino binary (ms)   speedup")
+    for i in range(len(layers) // 2):
+        t, o = layer_times[f"{i:2d} torch"], layer_times[f"{i:2d} openvino"]
+        print(f"  {i:2d}              {t * 1e3:9.1f}   {o * 1e3:20.1f}   {t / o:7.2f}x")
+    times = median_step_times(steps, args.iters)
+    for name, value in times.items():
+        print(f"backbone {name}: {value * 1e3:.1f} ms")
+    binary, ratio = (
+        times["openvino_binary"],
+        sizes["fp32_state_dict_bytes"] / sizes["binary_ir_bytes"],
+    )
+    print(
+        f"weights: fp32 state dict {sizes['fp32_state_dict_bytes'] / 2**20:.2f} MiB, "
+        f"binary IR {sizes['binary_ir_bytes'] / 2**20:.2f} MiB"
+    )
+    print(f"openvino_binary/torch_fp32: {times['torch_fp32'] / binary:.2f}")
+    print(f"openvino_binary/openvino_fp32: {times['openvino_fp32'] / binary:.2f}")
+    print(f"size fp32/binary: {ratio:.1f}")
 
 
 def main(argv=None) -> int:
@@ -54,8 +94,14 @@ def main(argv=None) -> int:
     transfer.add_argument("--batch", type=int, default=2)
     transfer.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     transfer.add_argument("--iters", type=int, default=10)
+    transfer.add_argument("--backend", default="torch", choices=["torch", "openvino"])
+    deploy = sub.add_parser("deploy", help="the binary backbone in PyTorch and in OpenVINO")
+    deploy.add_argument("--config", default="configs/nyud_deeplab_bin_r18.py")
+    deploy.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
+    deploy.add_argument("--iters", type=int, default=11)
+    deploy.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    run_cmim(args) if args.what == "cmim" else run_transfer(args)
+    {"cmim": run_cmim, "transfer": run_transfer, "deploy": run_deploy}[args.what](args)
     return 0
 
 

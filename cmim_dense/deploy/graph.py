@@ -144,7 +144,7 @@ def binary_conv_integer(x: Node, folded: FoldedBinaryConv, ones_kernel: bool = F
     return ops.add(y, _border_map(x, folded, tap_sums)).output(0)
 
 
-def _binary_conv(x: Node, folded: FoldedBinaryConv) -> Node:
+def binary_layer_output(x: Node, folded: FoldedBinaryConv) -> Node:
     """conv_{pad 0}(a_B, W_B) of PyTorch as an xnor-popcount conv plus float ops."""
     gamma, delta = folded.act_scale, folded.act_offset
     with_offsets = bool(folded.weight_offset.any())
@@ -239,7 +239,7 @@ class BackboneGraph:
         if isinstance(module, BinaryConv2d):
             self.binary_convs += 1
             folded = fold_binary_conv(module)
-            return _binary_conv(x, folded) if self.binary else _float_binary_conv(x, folded)
+            return binary_layer_output(x, folded) if self.binary else _float_binary_conv(x, folded)
         if isinstance(module, nn.Conv2d):
             self.float_convs += 1
             return _conv(x, module)

@@ -1,4 +1,5 @@
-"""Step-time benchmarks: CMIM's overhead in pretraining, and the frozen-backbone saving.
+"""Step-time benchmarks: CMIM's overhead in pretraining, the frozen-backbone saving, and the
+bit-packed OpenVINO backbone against the PyTorch simulation.
 
 Variants are timed *interleaved* (one step of each in turn, the order rotating every
 round), so drift in machine load hits all of them alike; we report medians.
@@ -6,10 +7,13 @@ round), so drift in machine load hits all of them alike; we report medians.
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
@@ -17,7 +21,7 @@ from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from torch import nn
+from torch import Tensor, nn
 
 from cmim_dense.models.classifier import BinaryImageClassifier
 
@@ -94,8 +98,14 @@ def cmim_steps(batch_size: int, size: int, n_nce: int = 4096, num_classes: int =
     return steps
 
 
-def transfer_steps(config: str, batch_size: int, height: int, width: int) -> dict:
-    """One training step of the config's dense model, frozen backbone vs full fine-tuning."""
+def transfer_steps(
+    config: str, batch_size: int, height: int, width: int, backend: str = "torch"
+) -> dict:
+    """One training step of the config's dense model, frozen backbone vs full fine-tuning.
+
+    ``backend``: how the frozen model runs its backbone (``'openvino'``: bit-packed, see
+    :class:`~cmim_dense.models.MultiTaskDense`); fine-tuning always runs it in PyTorch.
+    """
     init_default_scope("mmseg")
     cfg = Config.fromfile(config)
     num_classes = cfg.model.seg_head.num_classes if cfg.model.get("seg_head") else 1
@@ -113,9 +123,87 @@ def transfer_steps(config: str, batch_size: int, height: int, width: int) -> dic
     steps = {}
     for name, freeze in (("frozen", True), ("finetune", False)):
         torch.manual_seed(0)
-        model_cfg = dict(cfg.model, freeze_backbone=freeze)
+        model_cfg = dict(
+            cfg.model, freeze_backbone=freeze, backbone_backend=backend if freeze else "torch"
+        )
         model_cfg.pop("data_preprocessor", None)
         model_cfg["backbone"] = dict(model_cfg["backbone"], pretrained=None, init_cfg=None)
         model = revert_sync_batchnorm(MODELS.build(model_cfg))  # SyncBN needs a process group
         steps[name] = _train_step(model, lambda: dict(inputs=inputs, data_samples=samples))
     return steps
+
+
+def _backbone_from_config(config: str) -> nn.Module:
+    """The config's backbone, randomly initialised, in eval mode (speed does not depend on the
+    weights' values)."""
+    init_default_scope("mmseg")
+    model_cfg = dict(Config.fromfile(config).model)
+    model_cfg.pop("data_preprocessor", None)
+    model_cfg["backbone"] = dict(model_cfg["backbone"], pretrained=None, init_cfg=None)
+    model = revert_sync_batchnorm(MODELS.build(model_cfg))
+    backbone = model.backbone
+    if getattr(backbone, "num_classes", 0):
+        backbone.reset_classifier(0)
+    return backbone.eval()
+
+
+def deploy_steps(config: str, height: int, width: int, threads: int = 2) -> tuple[dict, dict, dict]:
+    """The config's frozen binary backbone at batch 1, run four ways, as timed step functions.
+
+    Returns:
+        (backbone steps: ``torch_fp32`` (the PyTorch simulation), ``openvino_fp32`` (the same
+        float computation as OpenVINO IR), ``openvino_binary`` (xnor-popcount IR);
+        per-layer steps ``"<i> torch"`` / ``"<i> openvino"`` for every binary conv, on the
+        input it sees in the backbone; sizes: ``binary_ir_bytes`` and ``fp32_state_dict_bytes``).
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from cmim_dense.deploy.fold import fold_binary_conv
+    from cmim_dense.deploy.graph import BackboneGraph, binary_layer_output
+    from cmim_dense.deploy.runtime import OpenVINOBackbone
+
+    backbone = _backbone_from_config(config)
+    image = torch.randn(1, 3, height, width)
+    engines = {
+        "openvino_fp32": OpenVINOBackbone(BackboneGraph(backbone, binary=False).build(), threads),
+        "openvino_binary": OpenVINOBackbone(BackboneGraph(backbone, binary=True).build(), threads),
+    }
+
+    def torch_step() -> None:
+        with torch.no_grad():
+            backbone(image)
+
+    steps = {"torch_fp32": torch_step}
+    steps.update({name: (lambda e=e: e(image)) for name, e in engines.items()})
+
+    inputs: list[Tensor] = []
+    convs = backbone.binary_convs()
+    hooks = [c.register_forward_pre_hook(lambda _, args: inputs.append(args[0])) for c in convs]
+    torch_step()
+    for hook in hooks:
+        hook.remove()
+    layers = {}
+    for i, (conv, x) in enumerate(zip(convs, inputs)):
+        param = ops.parameter(list(x.shape), np.float32)
+        out = binary_layer_output(param.output(0), fold_binary_conv(conv))
+        layer = OpenVINOBackbone(ov.Model([ops.result(out)], [param]), threads)
+
+        def torch_layer(conv=conv, x=x) -> None:
+            with torch.no_grad():
+                conv(x)
+
+        layers[f"{i:2d} torch"] = torch_layer
+        layers[f"{i:2d} openvino"] = lambda layer=layer, x=x: layer(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        ov.save_model(
+            engines["openvino_binary"].model, f"{tmp}/backbone.xml", compress_to_fp16=False
+        )
+        ir_bytes = os.path.getsize(f"{tmp}/backbone.bin")
+    sizes = dict(
+        binary_ir_bytes=ir_bytes,
+        fp32_state_dict_bytes=sum(
+            t.numel() * t.element_size() for t in backbone.state_dict().values()
+        ),
+    )
+    return steps, layers, sizes
