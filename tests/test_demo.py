@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from cmim_dense.demo import (
+from cmim_dense.pipelines.chain import StageTimer
+from cmim_dense.pipelines.demo import (
     DATA_STAMP,
     RUN_STAMP,
     DemoSettings,
@@ -14,6 +16,8 @@ from cmim_dense.demo import (
     ensure_data,
     format_summary,
 )
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
 def _settings(tmp_path, **overrides) -> DemoSettings:
@@ -23,6 +27,9 @@ def _settings(tmp_path, **overrides) -> DemoSettings:
         frames=4,
         size=(24, 32),
         crop_size=8,
+        pretrain_config=CONFIGS / "pretrain_crops.py",
+        transfer_config=CONFIGS / "nyud_synth.py",
+        workers=1,
     )
     return DemoSettings(**(values | overrides))
 
@@ -33,7 +40,7 @@ def _frames(nyud_root) -> int:
 
 def test_ensure_data_generates_once_and_regenerates_on_new_settings(tmp_path):
     settings = _settings(tmp_path)
-    nyud, crops = ensure_data(settings, 0.0)
+    nyud, crops = ensure_data(settings, StageTimer())
     assert _frames(nyud) == 4
     assert (crops / "train").is_dir() and (crops / "val").is_dir()
     stamp = settings.data_dir / DATA_STAMP
@@ -41,24 +48,24 @@ def test_ensure_data_generates_once_and_regenerates_on_new_settings(tmp_path):
 
     labeled = settings.data_dir / "raw" / "nyu_depth_v2_labeled.mat"
     before = labeled.stat().st_mtime_ns
-    ensure_data(settings, 0.0)
+    ensure_data(settings, StageTimer())
     assert labeled.stat().st_mtime_ns == before  # same settings: reused
 
     more = _settings(tmp_path, frames=6)
-    nyud, _ = ensure_data(more, 0.0)
+    nyud, _ = ensure_data(more, StageTimer())
     assert _frames(nyud) == 6
     assert json.loads(stamp.read_text())["frames"] == 6
 
 
 def test_ensure_data_redoes_a_cut_generation(tmp_path):
     settings = _settings(tmp_path)
-    ensure_data(settings, 0.0)
+    ensure_data(settings, StageTimer())
     stamp = settings.data_dir / DATA_STAMP
     # as if the run died while generating: the stamp is still marked incomplete
     stamp.write_text(json.dumps(dict(settings.data_settings(), complete=False)))
     labeled = settings.data_dir / "raw" / "nyu_depth_v2_labeled.mat"
     labeled.write_bytes(b"truncated")
-    nyud, _ = ensure_data(settings, 0.0)
+    nyud, _ = ensure_data(settings, StageTimer())
     assert labeled.stat().st_size > len(b"truncated")
     assert _frames(nyud) == 4
     assert json.loads(stamp.read_text())["complete"] is True
@@ -70,7 +77,7 @@ def test_ensure_data_leaves_unstamped_data_alone(tmp_path):
     own.parent.mkdir(parents=True)
     own.write_bytes(b"a user's file")
     with pytest.raises(ValueError, match="did not make"):
-        ensure_data(settings, 0.0)
+        ensure_data(settings, StageTimer())
     assert own.read_bytes() == b"a user's file"
 
 
@@ -78,7 +85,7 @@ def test_work_dir_refuses_other_settings(tmp_path):
     settings = _settings(tmp_path)
     check_work_dir(settings)
     check_work_dir(settings)  # a rerun with the same settings continues
-    assert json.loads((settings.work_dir / RUN_STAMP).read_text())["cmim_lambda"] == 0.1
+    assert json.loads((settings.work_dir / RUN_STAMP).read_text())["cmim_lambda"] == 0.05
     with pytest.raises(ValueError, match="other settings"):
         check_work_dir(_settings(tmp_path, cmim_lambda=0.5))
 
@@ -90,17 +97,26 @@ def test_work_dir_refuses_a_run_without_stamp(tmp_path):
         check_work_dir(settings)
 
 
-def test_format_summary_states_targets_and_verdicts():
+def test_format_summary_states_stage_times_targets_and_verdicts():
     summary = dict(
         seconds=12.0,
         report="work/report",
         baselines=dict(mean_depth_rmse=0.9, majority_class_mIoU=5.0),
+        stages=[dict(stage="generate 4 frames at 24x32", seconds=3.2)],
         runs=dict(
-            cmim=dict(mIoU=51.0, rmse=0.44, neg_log_rmse=0.82, meets_targets=True),
-            baseline=dict(mIoU=49.0, rmse=0.5, neg_log_rmse=0.69, meets_targets=False),
+            cmim=dict(top1=60.0, mIoU=51.0, rmse=0.44, neg_log_rmse=0.82, meets_targets=True),
+            baseline=dict(top1=55.0, mIoU=49.0, rmse=0.5, neg_log_rmse=0.69, meets_targets=False),
         ),
     )
     text = format_summary(summary)
-    assert "RMSE <= 0.450 m" in text
-    assert "cmim      mIoU  51.0 %" in text and "meets the targets" in text
-    assert "baseline  mIoU  49.0 %" in text and "MISSES the targets" in text
+    assert "generate 4 frames at 24x32" in text and text.splitlines()[1].endswith("      3")
+    assert "RMSE <= 0.540 m" in text  # 0.6 x the mean-depth RMSE
+    assert "cmim      top-1  60.0 %  mIoU  51.0 %" in text and "meets the targets" in text
+    assert "baseline  top-1  55.0 %  mIoU  49.0 %" in text and "MISSES the targets" in text
+
+
+def test_stage_timer_records_each_stage():
+    timer = StageTimer()
+    assert timer.run("double", lambda x: 2 * x, 21) == 42
+    assert [s["stage"] for s in timer.stages] == ["double"] and timer.stages[0]["seconds"] >= 0
+    assert timer.table().splitlines()[-1].startswith("total")

@@ -1,0 +1,626 @@
+"""Analysis figures of the CMIM paper (Shang et al., ECCV 2022, Sec. 4): Fig. 3 and Fig. 4.
+
+For one config and one or more checkpoints, on the config's *test* split (the classification
+``test_dataloader`` of a pretraining config):
+
+* ``tsne.png`` (Fig. 3): t-SNE of the last stage's binary activations, coloured by class, one
+  panel per checkpoint.
+* ``similarity.png`` (Fig. 4 a-d): the (N, N) cosine-similarity matrix of those activations
+  over the test images sorted by class, one panel per checkpoint, one colour scale.
+* ``layers.png``: per tapped layer (the last binary conv of each stage), per checkpoint, the
+  Eq. 9 MI lower bound (nats), the fraction of +1 activations and, between consecutive
+  checkpoints (e.g. epoch_1.pth, epoch_2.pth, ... of one run), the sign-flip rate.
+* ``analysis.json``: every number plotted (t-SNE coordinates, labels, matrices, statistics).
+
+What is measured (see :func:`collect_activations`):
+
+* a_F = u is the real tensor each tapped binarizer takes the sign of, a_B = sign(u) in
+  {-1, +1} (sign(0) = -1), as :class:`~cmim_dense.binary.ActivationTaps` records them.
+* Fraction of +1 and flip rate: over *every* entry of a_B at full resolution (C * H * W per
+  image). The flip rate between checkpoints A and B is the fraction of entries, on the same
+  test images, where sign_A != sign_B; it is a training dynamic only for checkpoints of one run
+  given in training order (for two runs it is their sign disagreement).
+* t-SNE and similarity: the last stage's a_B flattened, at full resolution when its map has at
+  most ``FEATURE_SIZE``^2 positions (the demo's 32x32 crops give 1x1), otherwise average-pooled
+  to ``FEATURE_SIZE`` x ``FEATURE_SIZE`` first (entries are then local fractions of +1 in
+  [-1, 1]), which keeps D = C * 16 at ImageNet resolution instead of C * 49.
+* MI lower bound (Eq. 9, nats): :class:`~cmim_dense.losses.CMIMLoss` with the parameter-free
+  flip critic (Eq. 12, ``tau`` 0.1 as in ``configs/_base_/models/bin_r18_cls.py``, no memory
+  bank) on the pairs of the ``'sample'`` tap reduction (``MI_TAP_SIZE``^2 positions per
+  channel, drawn from a fixed seed and the batch number, so every checkpoint sees the same
+  positions); its ``last_mi_bounds`` E_pos[log h] + log(N - 1) are averaged over the test
+  batches, weighted by batch size. With in-batch negatives the bound cannot exceed
+  log(N - 1), N the batch size: ``analysis.json`` records that ceiling.
+
+Checkpoints are loaded strictly *into the backbone* (their ``backbone.*`` tensors, every key
+and shape checked): the analysis reads only the backbone, and so one config serves both a CMIM
+checkpoint and its baseline (whose classifier lacks CMIM's ``tap_seed`` / ``tap_step`` buffers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from torch import Tensor, nn
+
+from cmim_dense.binary import ActivationTaps, BinaryConv2d
+from cmim_dense.utils.errors import InputError
+from cmim_dense.utils.io import save_figure_atomic, write_json_atomic
+from cmim_dense.utils.progress import progress_bar
+
+FEATURE_SIZE = 4  # t-SNE / similarity: a_B maps larger than 4x4 are average-pooled to 4x4
+MI_TAP_SIZE = 4  # Eq. 9 estimate: 4 x 4 sampled positions per channel
+MI_TAU = 0.1  # flip-critic temperature of the project's CMIM configs
+SEED = 0
+BATCH_SIZE = 64
+FILES = ("tsne.png", "similarity.png", "layers.png", "analysis.json")
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+# -- test images ---------------------------------------------------------------------------------
+def dataset_labels(dataset) -> list[int]:
+    """The class label of every sample of a classification dataset, without decoding images
+    when the dataset lists them (``samples`` of ImageFolder, ``labels`` of CIFAR)."""
+    if hasattr(dataset, "samples"):
+        return [int(label) for _, label in dataset.samples]
+    for attr in ("labels", "targets"):
+        if hasattr(dataset, attr):
+            return [int(label) for label in getattr(dataset, attr)]
+    items = progress_bar(range(len(dataset)), desc="labels", unit="img")
+    return [int(_sample(dataset, i)["label"]) for i in items]
+
+
+def select_images(labels: Sequence[int], num_images: int, num_classes: int) -> np.ndarray:
+    """Deterministic, class-balanced choice of test images, sorted by class.
+
+    Keeps the ``num_classes`` smallest labels present and takes images from them in turn (the
+    first image of every class, then the second, ... in dataset order) until ``num_images``.
+
+    Args:
+        labels: (M,) label of every dataset sample.
+
+    Returns:
+        (N,) int64 dataset indices, N <= num_images, sorted by (label, index).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    kept = np.unique(labels)[:num_classes]
+    rank = np.zeros(len(labels), dtype=np.int64)  # position of each sample within its class
+    candidates = []
+    for c in kept:
+        members = np.flatnonzero(labels == c)
+        rank[members] = np.arange(len(members))
+        candidates.append(members)
+    candidates = np.concatenate(candidates) if candidates else np.zeros(0, np.int64)
+    order = np.lexsort((labels[candidates], rank[candidates]))  # by rank, then class
+    chosen = candidates[order[:num_images]]
+    return chosen[np.lexsort((chosen, labels[chosen]))]
+
+
+def _sample(dataset, index: int) -> dict:
+    item = dataset[index]
+    if not (isinstance(item, dict) and "inputs" in item and "label" in item):
+        raise InputError(
+            f"{type(dataset).__name__} is not a classification dataset: its samples need "
+            "'inputs' and 'label' (see cmim_dense/datasets/classification.py)"
+        )
+    return item
+
+
+def load_images(dataset, indices: Sequence[int]) -> Tensor:
+    """(N, 3, H, W) float: the test-transformed images at ``indices``."""
+    images = [_sample(dataset, int(i))["inputs"] for i in progress_bar(indices, "images", "img")]
+    shapes = {tuple(x.shape) for x in images}
+    if len(shapes) != 1:
+        raise InputError(f"test images differ in shape ({sorted(shapes)[:3]}); need one size")
+    return torch.stack(images)
+
+
+def batch_slices(num: int, batch_size: int) -> list[slice]:
+    """``num`` items in ceil(num / batch_size) near-equal contiguous batches.
+
+    Near-equal (not full batches and a remainder) so that with ``batch_size >= 4`` and
+    ``num >= 2`` every batch has at least 2 images, which Eq. 9's in-batch negatives need.
+    """
+    if batch_size < 4:
+        raise ValueError(f"batch_size must be >= 4, got {batch_size}")
+    chunks = np.array_split(np.arange(num), -(-num // batch_size))
+    bounds = np.cumsum([0, *(len(c) for c in chunks)])
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+# -- activations ---------------------------------------------------------------------------------
+class _FanOut:
+    """One tap for several :class:`ActivationTaps` (a BinaryConv2d holds a single tap), so one
+    forward fills all of them; also keeps each layer's a_B shape (N, C, H, W)."""
+
+    def __init__(self, layers: Sequence[BinaryConv2d], *taps: ActivationTaps):
+        self.layers = list(layers)
+        self.taps = taps
+        self.shapes: dict[int, torch.Size] = {}
+
+    def __call__(self, layer: BinaryConv2d, a_real: Tensor, a_bin: Tensor) -> None:
+        self.shapes[id(layer)] = a_bin.shape
+        for tap in self.taps:
+            tap(layer, a_real, a_bin)
+
+    def __enter__(self) -> _FanOut:
+        for layer in self.layers:
+            layer.tap = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for layer in self.layers:
+            layer.tap = None
+        for tap in self.taps:
+            tap.detach()
+
+
+@dataclass
+class Activations:
+    """What one checkpoint's backbone gives on the test images; K tapped layers.
+
+    signs: K arrays (N, ceil(D_k / 8)) uint8, a_B > 0 of every entry at full resolution
+        (D_k = C_k * H_k * W_k), bit-packed along D by ``np.packbits``.
+    dims: (K,) D_k.
+    mi_bounds: (K,) Eq. 9 lower bound, nats.
+    features: (N, D) float32, the last tapped layer's a_B (average-pooled to
+        ``FEATURE_SIZE`` x ``FEATURE_SIZE`` when larger), for t-SNE and similarity.
+    feature_shape: (C, H, W) of ``features`` before flattening.
+    feature_pooled: whether ``features`` were average-pooled (the map was larger).
+    """
+
+    signs: list[np.ndarray]
+    dims: list[int]
+    mi_bounds: np.ndarray
+    features: np.ndarray
+    feature_shape: tuple[int, int, int]
+    feature_pooled: bool
+
+    @property
+    def plus_fraction(self) -> np.ndarray:
+        """(K,) fraction of +1 entries of a_B, in [0, 1]."""
+        n = self.signs[0].shape[0]
+        return np.array([_POPCOUNT[s].sum() / (n * d) for s, d in zip(self.signs, self.dims)])
+
+
+def pooled_feature(a_bin: Tensor, size: int = FEATURE_SIZE) -> Tensor:
+    """(N, C, H, W) a_B -> (N, C * h * w): full resolution when H * W <= size^2, otherwise
+    average-pooled to size x size (local fractions of +1, in [-1, 1])."""
+    if a_bin.shape[-2] * a_bin.shape[-1] > size**2:
+        a_bin = F.adaptive_avg_pool2d(a_bin, size)
+    return a_bin.flatten(1)
+
+
+@torch.no_grad()
+def collect_activations(
+    backbone: nn.Module,
+    layers: Sequence[BinaryConv2d],
+    images: Tensor,
+    batch_size: int = BATCH_SIZE,
+    tau: float = MI_TAU,
+    seed: int = SEED,
+    desc: str = "activations",
+) -> Activations:
+    """Run ``backbone`` (in eval mode) on ``images`` (N, 3, H, W), tapping ``layers``.
+
+    One forward per batch feeds two taps: full resolution (``reduce=None``) for the signs and
+    the last layer's features, and ``reduce='sample'`` (``MI_TAP_SIZE``^2 positions, step =
+    batch number, seed ``seed``) for the Eq. 9 estimate of a flip-critic :class:`CMIMLoss`.
+    """
+    from cmim_dense.losses.cmim import CMIMLoss  # registers into mmseg's MODELS on import
+
+    full = ActivationTaps(layers, reduce=None)
+    sampled = ActivationTaps(layers, reduce="sample", size=MI_TAP_SIZE)
+    critic = CMIMLoss(in_dims=sampled.dims(), tau=tau, critic="flip", n_nce=0).eval()
+    backbone.eval()
+    signs: list[list[np.ndarray]] = [[] for _ in layers]
+    bounds, weights, features = [], [], []
+    with _FanOut(layers, full, sampled) as fan:
+        batches = progress_bar(batch_slices(len(images), batch_size), desc, "batch")
+        for step, rows in enumerate(batches):
+            sampled.begin_step(seed, step)
+            backbone(images[rows])
+            pairs = full.pop()
+            for k, (_, a_B) in enumerate(pairs):
+                signs[k].append(np.packbits((a_B > 0).cpu().numpy(), axis=1))
+            last_shape = fan.shapes[id(layers[-1])]
+            feature = pooled_feature(pairs[-1][1].reshape(last_shape))
+            features.append(feature.float().cpu().numpy())
+            critic(sampled.pop())
+            bounds.append([float(b) for b in critic.last_mi_bounds])
+            weights.append(rows.stop - rows.start)
+    c, h, w = last_shape[1:]
+    pooled = h * w > FEATURE_SIZE**2
+    if pooled:
+        h = w = FEATURE_SIZE
+    return Activations(
+        signs=[np.concatenate(s) for s in signs],
+        dims=[int(np.prod(fan.shapes[id(layer)][1:])) for layer in layers],
+        mi_bounds=np.average(np.asarray(bounds), axis=0, weights=weights),
+        features=np.concatenate(features),
+        feature_shape=(int(c), int(h), int(w)),
+        feature_pooled=bool(pooled),
+    )
+
+
+def flip_rate(before: Activations, after: Activations) -> np.ndarray:
+    """(K,) fraction of a_B entries, in [0, 1], whose sign differs between two checkpoints on
+    the same images."""
+    if before.dims != after.dims or before.signs[0].shape != after.signs[0].shape:
+        raise ValueError("flip rates need the same layers and images for both checkpoints")
+    n = before.signs[0].shape[0]
+    return np.array(
+        [
+            _POPCOUNT[np.bitwise_xor(a, b)].sum() / (n * d)
+            for a, b, d in zip(before.signs, after.signs, before.dims)
+        ]
+    )
+
+
+# -- embeddings ----------------------------------------------------------------------------------
+def tsne_embedding(features: np.ndarray, seed: int = SEED) -> np.ndarray:
+    """(N, D) -> (N, 2) t-SNE coordinates (scikit-learn, PCA initialisation, Euclidean
+    distance, which for +-1 vectors orders pairs as the Hamming distance does).
+
+    Perplexity is 30 (scikit-learn's default) or (N - 1) / 3 for few images, since it must
+    stay below N.
+    """
+    from sklearn.manifold import TSNE
+
+    n = len(features)
+    perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(np.asarray(features, dtype=np.float32)).astype(np.float64)
+
+
+def cosine_similarity(features: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N, N) cosine similarities in [-1, 1], diagonal 1 (for +-1 rows, <x, y> / D).
+
+    A row of zero norm (possible only for pooled features) is 0 against every other row.
+    """
+    x = torch.from_numpy(np.asarray(features, dtype=np.float64))
+    x = F.normalize(x, dim=1)
+    sim = (x @ x.T).clamp_(-1.0, 1.0).numpy()
+    np.fill_diagonal(sim, 1.0)
+    return sim
+
+
+# -- figures -------------------------------------------------------------------------------------
+def class_colours(num: int) -> np.ndarray:
+    """(num, 4) RGBA: tab10 / tab20 for up to 10 / 20 classes, else evenly spaced turbo."""
+    for limit, name in ((10, "tab10"), (20, "tab20")):
+        if num <= limit:
+            return matplotlib.colormaps[name](np.arange(num))
+    return matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, num))
+
+
+def _class_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes of class-sorted ``labels`` (C,) and their [start, stop) bounds (C + 1,)."""
+    change = np.flatnonzero(np.diff(labels)) + 1
+    starts = np.r_[0, change]
+    return labels[starts], np.r_[starts, len(labels)]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def tsne_figure(
+    coords: Sequence[np.ndarray],
+    labels: np.ndarray,
+    names: Sequence[str],
+    class_names: Sequence[str],
+    feature_note: str,
+) -> Figure:
+    """Fig. 3: one t-SNE panel per checkpoint, (N, 2) coordinates coloured by class."""
+    classes = np.unique(labels)
+    colours = class_colours(len(classes))
+    colour_of = {c: colours[i] for i, c in enumerate(classes)}
+    fig = _new_figure(3.6 * len(coords) + 1.8, 4.0)
+    axes = fig.subplots(1, len(coords), squeeze=False)[0]
+    for ax, xy, name in zip(axes, coords, names):
+        for c in classes:
+            keep = labels == c
+            ax.scatter(*xy[keep].T, s=9, color=colour_of[c], linewidths=0, alpha=0.85)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal", adjustable="datalim")
+    fig.suptitle(f"t-SNE of the last stage's binary activations ({feature_note})", fontsize=10)
+    if len(classes) <= 20:
+        handles = [
+            Line2D([], [], ls="", marker="o", ms=5, color=colour_of[c], label=class_names[c])
+            for c in classes
+        ]
+        fig.legend(handles=handles, loc="outside right center", fontsize=8, title="class")
+    return fig
+
+
+def similarity_figure(
+    matrices: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str], class_names
+) -> Figure:
+    """Fig. 4 (a-d): the (N, N) class-sorted cosine similarities, one panel per checkpoint,
+    one colour scale, white lines between classes."""
+    classes, bounds = _class_runs(labels)
+    vmin = min(-0.0, float(min(m.min() for m in matrices)))
+    fig = _new_figure(3.9 * len(matrices) + 1.0, 4.2)
+    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    centres = (bounds[:-1] + bounds[1:]) / 2 - 0.5
+    tick_labels = [class_names[c] for c in classes] if len(classes) <= 20 else None
+    image = None
+    for ax, sim, name in zip(axes, matrices, names):
+        image = ax.imshow(sim, cmap="viridis", vmin=vmin, vmax=1.0, interpolation="nearest")
+        for b in bounds[1:-1]:
+            ax.axhline(b - 0.5, color="white", lw=0.7)
+            ax.axvline(b - 0.5, color="white", lw=0.7)
+        ax.set_title(name, fontsize=10)
+        if tick_labels is not None:
+            ax.set_xticks(centres, tick_labels, rotation=90, fontsize=7)
+            ax.set_yticks(centres, tick_labels, fontsize=7)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label="cosine similarity")
+    fig.suptitle(
+        f"Cosine similarity of last-stage binary activations, {len(labels)} test images "
+        "sorted by class",
+        fontsize=10,
+    )
+    return fig
+
+
+def layers_figure(
+    layer_labels: Sequence[str],
+    names: Sequence[str],
+    mi_bounds: Sequence[np.ndarray],
+    plus_fractions: Sequence[np.ndarray],
+    flips: Sequence[tuple[str, np.ndarray]],
+    mi_ceiling: float,
+) -> Figure:
+    """Per tapped layer (x): the Eq. 9 bound (nats), the fraction of +1 and, given ``flips``
+    (label, (K,) rates) between consecutive checkpoints, the sign-flip rate."""
+    panels = 3 if flips else 2
+    fig = _new_figure(4.3 * panels + 1.6, 3.8)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    x = np.arange(len(layer_labels))
+    line_colours = _line_colours(len(names))
+    for i, name in enumerate(names):
+        style = dict(color=line_colours[i], marker="o", ms=4, label=name)
+        axes[0].plot(x, mi_bounds[i], **style)
+        axes[1].plot(x, plus_fractions[i], **style)
+    axes[0].axhline(mi_ceiling, color="grey", ls="--", lw=0.8)
+    axes[0].annotate(
+        "log(N-1) ceiling",
+        (x[0], mi_ceiling),
+        xytext=(0, -10),
+        textcoords="offset points",
+        fontsize=7,
+        color="grey",
+    )
+    axes[0].set_ylabel("I(a_B; a_F) lower bound, Eq. 9 (nats)")
+    axes[0].set_title("MI lower bound", fontsize=10)
+    axes[1].axhline(0.5, color="grey", ls=":", lw=0.8)
+    axes[1].set_ylabel("fraction of +1 activations")
+    axes[1].set_ylim(0.0, 1.0)
+    axes[1].set_title("fraction of +1", fontsize=10)
+    if flips:
+        flip_colours = _line_colours(len(flips))
+        for i, (label, rate) in enumerate(flips):
+            axes[2].plot(x, rate, color=flip_colours[i], marker="o", ms=4, label=label)
+        axes[2].set_ylabel("fraction of activations whose sign flips")
+        axes[2].set_ylim(bottom=0.0)
+        axes[2].set_title("sign flips between consecutive checkpoints", fontsize=10)
+        axes[2].legend(fontsize=7, loc="best")
+    for ax in axes:
+        ax.set_xticks(x, layer_labels, fontsize=8)
+        ax.set_xlabel("tapped layer (last binary conv of each stage)", fontsize=8)
+        ax.grid(alpha=0.3)
+    handles, texts = axes[0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="outside right center", fontsize=8, title="checkpoint")
+    return fig
+
+
+def _line_colours(num: int) -> list:
+    """tab10 for up to 10 lines, else a viridis sequence (e.g. epochs in training order)."""
+    if num <= 10:
+        return list(matplotlib.colormaps["tab10"].colors[:num])
+    return list(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, num)))
+
+
+# -- the analysis --------------------------------------------------------------------------------
+def checkpoint_names(checkpoints: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
+    """Panel and legend names: ``names`` (one per checkpoint, all different), or the file
+    stems, with the parent folder where stems repeat (``run_a/epoch_6``), then ``#k``."""
+    if names is not None:
+        if len(names) != len(checkpoints):
+            raise InputError(f"--names gives {len(names)} names for {len(checkpoints)} checkpoints")
+        if len(set(names)) != len(names):
+            raise InputError(f"--names must all differ, got {list(names)}")
+        return list(names)
+    paths = [Path(c) for c in checkpoints]
+    out = [p.stem for p in paths]
+    if len(set(out)) != len(out):
+        out = [f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem for p in paths]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(out):
+        seen[name] = seen.get(name, 0) + 1
+        if out.count(name) > 1:
+            out[i] = f"{name} #{seen[name]}"
+    return out
+
+
+def _build_backbone(cfg) -> tuple[nn.Module, list[BinaryConv2d], str]:
+    """The config's model's backbone (eval mode), its stage taps and a name for messages."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.registry import MODELS
+
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not hasattr(backbone, "tap_layers"):
+        raise InputError(f"the config's model ({type(model).__name__}) has no binary backbone")
+    return backbone.eval(), backbone.tap_layers("stage"), f"{type(backbone).__name__} backbone"
+
+
+def _test_dataset(cfg):
+    from mmseg.registry import DATASETS
+
+    loader = cfg.get("test_dataloader")
+    if not isinstance(loader, dict) or not isinstance(loader.get("dataset"), dict):
+        raise InputError("the config has no test_dataloader.dataset")
+    return DATASETS.build(loader["dataset"])
+
+
+def _layer_names(backbone: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
+    names = {id(m): n for n, m in backbone.named_modules()}
+    return [names[id(layer)] for layer in layers]
+
+
+def analyze(
+    config: str,
+    checkpoints: Sequence[str],
+    out_dir: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    num_images: int = 512,
+    classes: int = 10,
+    cfg_options: dict | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> dict:
+    """Write ``tsne.png``, ``similarity.png``, ``layers.png`` and ``analysis.json`` to
+    ``out_dir`` and return the ``analysis.json`` record.
+
+    Everything is computed and drawn before the first file is written, so bad input (a
+    missing config, an unreadable or mismatched checkpoint, fewer than 2 classes among the
+    chosen images, a ``names`` count that does not match) raises :class:`InputError` and
+    leaves ``out_dir`` as it was.
+
+    Args:
+        config: a pretraining config whose ``test_dataloader`` is a classification set.
+        checkpoints: files written by ``tools/train.py``; their ``backbone.*`` tensors are
+            loaded strictly. Several checkpoints of one run in training order also give the
+            sign-flip rates between consecutive ones.
+        names: one label per checkpoint (default: file names).
+        num_images: N, test images analysed (at most; class-balanced, see
+            :func:`select_images`).
+        classes: images come from the ``classes`` smallest labels of the test set.
+        cfg_options: ``--cfg-options`` overrides.
+        batch_size: images per forward, and the N of the Eq. 9 estimate's in-batch negatives.
+    """
+    from mmengine.registry import init_default_scope
+
+    import cmim_dense  # noqa: F401  (registries)
+    from cmim_dense.engine.config import load_config
+    from cmim_dense.utils.checkpoint import (
+        check_state_dict,
+        load_state_dict_strict,
+        read_state_dict,
+    )
+
+    if not checkpoints:
+        raise InputError("give at least one checkpoint")
+    if num_images < 2 or classes < 2:
+        raise InputError(f"need >= 2 images and >= 2 classes, got {num_images} and {classes}")
+    names = checkpoint_names(checkpoints, names)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path exists and is not a folder: {out}")
+    init_default_scope("mmseg")
+    cfg = load_config(config, cfg_options)
+    dataset = _test_dataset(cfg)
+    backbone, layers, target = _build_backbone(cfg)
+    # Every checkpoint is read and checked before the long work starts.
+    expected = backbone.state_dict()
+    states = []
+    for path in checkpoints:
+        states.append(read_state_dict(path, prefix="backbone."))
+        check_state_dict(expected, states[-1], str(path), target)
+
+    all_labels = np.asarray(dataset_labels(dataset), dtype=np.int64)
+    indices = select_images(all_labels, num_images, classes)
+    labels = all_labels[indices]
+    if len(np.unique(labels)) < 2:
+        raise InputError(
+            f"the chosen test images span {len(np.unique(labels))} class(es); need at least 2"
+        )
+    class_names = list(getattr(dataset, "classes", None) or range(int(all_labels.max()) + 1))
+    class_names = [str(c) for c in class_names]
+    images = load_images(dataset, indices)
+
+    acts = []
+    for name, path, state in zip(names, checkpoints, states):
+        load_state_dict_strict(backbone, state, str(path), target)
+        acts.append(collect_activations(backbone, layers, images, batch_size, desc=name))
+    del states
+    flips = [(names[i - 1], names[i], flip_rate(acts[i - 1], acts[i])) for i in range(1, len(acts))]
+    coords = [tsne_embedding(a.features) for a in acts]
+    sims = [cosine_similarity(a.features) for a in acts]
+
+    layer_names = _layer_names(backbone, layers)
+    sizes = [s.stop - s.start for s in batch_slices(len(images), batch_size)]
+    ceiling = float(np.average(np.log(np.asarray(sizes) - 1.0), weights=sizes))
+    c, h, w = acts[0].feature_shape
+    pooled = acts[0].feature_pooled
+    feature_note = f"{layer_names[-1]}, {c} x {h} x {w}" + (" avg-pooled" if pooled else "")
+    record = dict(
+        config=str(config),
+        split=cfg.test_dataloader.dataset.get("split"),
+        images=dict(
+            num=len(indices),
+            indices=indices,
+            labels=labels,
+            class_names={int(k): class_names[k] for k in np.unique(labels)},
+        ),
+        layers=dict(names=layer_names, dims=acts[0].dims),
+        feature=dict(layer=layer_names[-1], shape=[c, h, w], pooled=bool(pooled)),
+        mi_bound=dict(
+            critic="flip",
+            tau=MI_TAU,
+            tap_size=MI_TAP_SIZE,
+            seed=SEED,
+            batch_sizes=sizes,
+            ceiling_nats=ceiling,
+            unit="nats",
+        ),
+        checkpoints=[
+            dict(
+                name=name,
+                path=str(path),
+                mi_bound_nats=a.mi_bounds,
+                plus_fraction=a.plus_fraction,
+                tsne=xy,
+                similarity=np.round(sim, 6),
+            )
+            for name, path, a, xy, sim in zip(names, checkpoints, acts, coords, sims)
+        ],
+        flip_rates=[dict(before=a, after=b, per_layer=rate) for a, b, rate in flips],
+        files=list(FILES),
+    )
+    short = [f"S{k + 1}" for k in range(len(layers))]
+    figures = {
+        "tsne.png": tsne_figure(coords, labels, names, class_names, feature_note),
+        "similarity.png": similarity_figure(sims, labels, names, class_names),
+        "layers.png": layers_figure(
+            short,
+            names,
+            [a.mi_bounds for a in acts],
+            [a.plus_fraction for a in acts],
+            [(f"{a} -> {b}", rate) for a, b, rate in flips],
+            ceiling,
+        ),
+    }
+    for file, fig in figures.items():
+        save_figure_atomic(fig, out / file, dpi=150)
+    write_json_atomic(out / "analysis.json", record)
+    return record
