@@ -94,6 +94,9 @@ def test_classifier_steps_the_sampled_positions_and_keeps_them_in_checkpoints():
     model.eval()
     model(x, y, idx, mode="loss")
     assert int(model.tap_step) == 2  # evaluation does not advance the training schedule
+    resumed = BinaryImageClassifier(arch, num_classes=3, cmim_lambda=1.0, tap_size=2)
+    resumed.load_state_dict(model.state_dict())
+    assert (resumed._tap_seed, resumed._tap_step) == (int(model.tap_seed), 2)
 
 
 def _literal_cmim(pairs, tau: float, beta: float) -> float:

@@ -70,7 +70,9 @@ class ActivationTaps:
             idx = torch.randperm(num, generator=self._generator)[:count]
         else:
             idx = torch.randint(num, (count,), generator=self._generator)
-        return idx.to(device)
+        if device.type == "cuda":  # a copy from pinned memory does not wait for the GPU
+            return idx.pin_memory().to(device, non_blocking=True)
+        return idx
 
     def _reduce(self, a: Tensor, positions: Tensor | None) -> Tensor:
         if self.reduce == "avgpool" and a.shape[-2:] != (self.size, self.size):

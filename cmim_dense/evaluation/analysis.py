@@ -40,6 +40,7 @@ checkpoint and its baseline (whose classifier lacks CMIM's ``tap_seed`` / ``tap_
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ FEATURE_SIZE = 4  # t-SNE / similarity: a_B maps larger than 4x4 are average-poo
 MI_TAP_SIZE = 4  # Eq. 9 estimate: 4 x 4 sampled positions per channel
 MI_TAU = 0.1  # flip-critic temperature of the project's CMIM configs
 SEED = 0
+PANELS_PER_ROW = 3  # tsne.png / similarity.png wrap after 3 checkpoints
+GAP_FLOOR = 1e-15  # layers.png: gaps to the Eq. 9 ceiling below this are drawn at it
 BATCH_SIZE = 64
 FILES = ("tsne.png", "similarity.png", "layers.png", "analysis.json")
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
@@ -174,6 +177,7 @@ class Activations:
         (D_k = C_k * H_k * W_k), bit-packed along D by ``np.packbits``.
     dims: (K,) D_k.
     mi_bounds: (K,) Eq. 9 lower bound, nats.
+    mi_gaps: (K,) how far the bound is below its ceiling log(N - 1), i.e. -E_pos[log h], nats.
     features: (N, D) float32, the last tapped layer's a_B (average-pooled to
         ``FEATURE_SIZE`` x ``FEATURE_SIZE`` when larger), for t-SNE and similarity.
     feature_shape: (C, H, W) of ``features`` before flattening.
@@ -183,6 +187,7 @@ class Activations:
     signs: list[np.ndarray]
     dims: list[int]
     mi_bounds: np.ndarray
+    mi_gaps: np.ndarray
     features: np.ndarray
     feature_shape: tuple[int, int, int]
     feature_pooled: bool
@@ -225,7 +230,7 @@ def collect_activations(
     critic = CMIMLoss(in_dims=sampled.dims(), tau=tau, critic="flip", n_nce=0).eval()
     backbone.eval()
     signs: list[list[np.ndarray]] = [[] for _ in layers]
-    bounds, weights, features = [], [], []
+    bounds, gaps, weights, features = [], [], [], []
     with _FanOut(layers, full, sampled) as fan:
         batches = progress_bar(batch_slices(len(images), batch_size), desc, "batch")
         for step, rows in enumerate(batches):
@@ -237,9 +242,13 @@ def collect_activations(
             last_shape = fan.shapes[id(layers[-1])]
             feature = pooled_feature(pairs[-1][1].reshape(last_shape))
             features.append(feature.float().cpu().numpy())
-            critic(sampled.pop())
+            # float64: the bound sits within ~1e-6 nats of its log(N - 1) ceiling, below
+            # float32 resolution, and the gap is what tells checkpoints apart.
+            critic([(a_F.double(), a_B.double()) for a_F, a_B in sampled.pop()])
+            n = rows.stop - rows.start
             bounds.append([float(b) for b in critic.last_mi_bounds])
-            weights.append(rows.stop - rows.start)
+            gaps.append([math.log(n - 1) - float(b) for b in critic.last_mi_bounds])
+            weights.append(n)
     c, h, w = last_shape[1:]
     pooled = h * w > FEATURE_SIZE**2
     if pooled:
@@ -248,6 +257,7 @@ def collect_activations(
         signs=[np.concatenate(s) for s in signs],
         dims=[int(np.prod(fan.shapes[id(layer)][1:])) for layer in layers],
         mi_bounds=np.average(np.asarray(bounds), axis=0, weights=weights),
+        mi_gaps=np.average(np.asarray(gaps), axis=0, weights=weights),
         features=np.concatenate(features),
         feature_shape=(int(c), int(h), int(w)),
         feature_pooled=bool(pooled),
@@ -318,6 +328,20 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _panel_grid(
+    num: int, width: float, height: float, extra_width: float = 0.0
+) -> tuple[Figure, list]:
+    """A figure of ``num`` panels side by side, wrapped after ``PANELS_PER_ROW``; the
+    panels' axes in reading order (unused grid cells are hidden)."""
+    cols = min(num, PANELS_PER_ROW)
+    rows = -(-num // cols)
+    fig = _new_figure(width * cols + extra_width, height * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[num:]:
+        ax.set_visible(False)
+    return fig, list(axes[:num])
+
+
 def tsne_figure(
     coords: Sequence[np.ndarray],
     labels: np.ndarray,
@@ -329,8 +353,7 @@ def tsne_figure(
     classes = np.unique(labels)
     colours = class_colours(len(classes))
     colour_of = {c: colours[i] for i, c in enumerate(classes)}
-    fig = _new_figure(3.6 * len(coords) + 1.8, 4.0)
-    axes = fig.subplots(1, len(coords), squeeze=False)[0]
+    fig, axes = _panel_grid(len(coords), 3.6, 3.6, extra_width=1.8)
     for ax, xy, name in zip(axes, coords, names):
         for c in classes:
             keep = labels == c
@@ -356,8 +379,7 @@ def similarity_figure(
     one colour scale, white lines between classes."""
     classes, bounds = _class_runs(labels)
     vmin = min(-0.0, float(min(m.min() for m in matrices)))
-    fig = _new_figure(3.9 * len(matrices) + 1.0, 4.2)
-    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    fig, axes = _panel_grid(len(matrices), 3.9, 4.0, extra_width=1.0)
     centres = (bounds[:-1] + bounds[1:]) / 2 - 0.5
     tick_labels = [class_names[c] for c in classes] if len(classes) <= 20 else None
     image = None
@@ -373,7 +395,7 @@ def similarity_figure(
         else:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.colorbar(image, ax=list(axes), shrink=0.85, label="cosine similarity")
+    fig.colorbar(image, ax=axes, shrink=0.85, label="cosine similarity")
     fig.suptitle(
         f"Cosine similarity of last-stage binary activations, {len(labels)} test images "
         "sorted by class",
@@ -386,50 +408,52 @@ def layers_figure(
     layer_labels: Sequence[str],
     names: Sequence[str],
     mi_bounds: Sequence[np.ndarray],
+    mi_gaps: Sequence[np.ndarray],
     plus_fractions: Sequence[np.ndarray],
     flips: Sequence[tuple[str, np.ndarray]],
     mi_ceiling: float,
 ) -> Figure:
-    """Per tapped layer (x): the Eq. 9 bound (nats), the fraction of +1 and, given ``flips``
-    (label, (K,) rates) between consecutive checkpoints, the sign-flip rate."""
-    panels = 3 if flips else 2
-    fig = _new_figure(4.3 * panels + 1.6, 3.8)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    """Per tapped layer (x), one line per checkpoint (each (K,)): (a) the Eq. 9 bound (nats)
+    under its log(N - 1) ceiling, (b) its gap to the ceiling on a log scale (the bound is
+    usually within 1e-3 nats of it), (c) the fraction of +1 and (d), given ``flips`` (label,
+    (K,) rates; ``flips[i]`` between checkpoints i and i + 1), the sign-flip rate."""
+    fig = _new_figure(11.5, 7.2)
+    axes = fig.subplots(2, 2).ravel()
     x = np.arange(len(layer_labels))
     line_colours = _line_colours(len(names))
     for i, name in enumerate(names):
         style = dict(color=line_colours[i], marker="o", ms=4, label=name)
         axes[0].plot(x, mi_bounds[i], **style)
-        axes[1].plot(x, plus_fractions[i], **style)
-    axes[0].axhline(mi_ceiling, color="grey", ls="--", lw=0.8)
-    axes[0].annotate(
-        "log(N-1) ceiling",
-        (x[0], mi_ceiling),
-        xytext=(0, -10),
-        textcoords="offset points",
-        fontsize=7,
-        color="grey",
-    )
-    axes[0].set_ylabel("I(a_B; a_F) lower bound, Eq. 9 (nats)")
-    axes[0].set_title("MI lower bound", fontsize=10)
-    axes[1].axhline(0.5, color="grey", ls=":", lw=0.8)
-    axes[1].set_ylabel("fraction of +1 activations")
-    axes[1].set_ylim(0.0, 1.0)
-    axes[1].set_title("fraction of +1", fontsize=10)
+        axes[1].plot(x, np.maximum(mi_gaps[i], GAP_FLOOR), **style)
+        axes[2].plot(x, plus_fractions[i], **style)
+    axes[0].axhline(mi_ceiling, color="grey", ls="--", lw=0.8, label="log(N-1) ceiling")
+    axes[0].yaxis.get_major_formatter().set_useOffset(False)
+    axes[0].set_ylabel("nats")
+    axes[0].set_title("(a) MI lower bound I(a_B; a_F), Eq. 9", fontsize=10)
+    axes[0].legend(fontsize=7, loc="lower left", handles=axes[0].get_lines()[-1:])
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel(f"nats (floor {GAP_FLOOR:g})")
+    axes[1].set_title("(b) gap to the ceiling, log(N-1) - bound = -E_pos[log h]", fontsize=10)
+    axes[2].axhline(0.5, color="grey", ls=":", lw=0.8)
+    axes[2].set_ylim(0.0, 1.0)
+    axes[2].set_ylabel("fraction")
+    axes[2].set_title("(c) fraction of +1 activations", fontsize=10)
     if flips:
-        flip_colours = _line_colours(len(flips))
-        for i, (label, rate) in enumerate(flips):
-            axes[2].plot(x, rate, color=flip_colours[i], marker="o", ms=4, label=label)
-        axes[2].set_ylabel("fraction of activations whose sign flips")
-        axes[2].set_ylim(bottom=0.0)
-        axes[2].set_title("sign flips between consecutive checkpoints", fontsize=10)
-        axes[2].legend(fontsize=7, loc="best")
-    for ax in axes:
+        for i, (label, rate) in enumerate(flips):  # coloured as the later checkpoint
+            axes[3].plot(x, rate, color=line_colours[i + 1], marker="o", ms=4, label=label)
+        axes[3].set_ylim(bottom=0.0)
+        axes[3].set_ylabel("fraction")
+        axes[3].set_title("(d) sign-flip rate between consecutive checkpoints", fontsize=10)
+        axes[3].legend(fontsize=7, loc="best")
+    else:
+        axes[3].set_axis_off()
+        axes[3].text(0.5, 0.5, "sign flips need 2 or more checkpoints", ha="center")
+    for ax in axes[: 4 if flips else 3]:
         ax.set_xticks(x, layer_labels, fontsize=8)
-        ax.set_xlabel("tapped layer (last binary conv of each stage)", fontsize=8)
+        ax.set_xlabel("tapped layer: last binary conv of stage", fontsize=8)
         ax.grid(alpha=0.3)
-    handles, texts = axes[0].get_legend_handles_labels()
-    fig.legend(handles, texts, loc="outside right center", fontsize=8, title="checkpoint")
+    handles = axes[2].get_lines()[: len(names)]
+    fig.legend(handles, names, loc="outside right center", fontsize=8, title="checkpoint")
     return fig
 
 
@@ -598,6 +622,7 @@ def analyze(
                 name=name,
                 path=str(path),
                 mi_bound_nats=a.mi_bounds,
+                mi_gap_nats=a.mi_gaps,
                 plus_fraction=a.plus_fraction,
                 tsne=xy,
                 similarity=np.round(sim, 6),
@@ -615,6 +640,7 @@ def analyze(
             short,
             names,
             [a.mi_bounds for a in acts],
+            [a.mi_gaps for a in acts],
             [a.plus_fraction for a in acts],
             [(f"{a} -> {b}", rate) for a, b, rate in flips],
             ceiling,

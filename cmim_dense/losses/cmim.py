@@ -130,6 +130,11 @@ class _Projection(nn.Sequential):
         return F.normalize(super().forward(x), dim=1)
 
 
+def _refresh_log_z_ready(loss: CMIMLoss, incompatible_keys) -> None:
+    """After a checkpoint load: a constant counts as measured when the loaded one is not NaN."""
+    loss._log_z_ready = [not bool(v) for v in torch.isnan(loss.log_z)]
+
+
 @MODELS.register_module()
 class CMIMLoss(nn.Module):
     """Layer-wise CMIM contrastive loss (Eq. 14 without lambda; to minimise).
@@ -274,6 +279,9 @@ class CMIMLoss(nn.Module):
                 self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
         if z_norm:
             self.register_buffer("log_z", torch.full((len(dims),), float("nan")))
+            # Which constants are measured, kept on the host: no device read per step.
+            self._log_z_ready: list[bool] = [False] * len(dims)
+            self.register_load_state_dict_post_hook(_refresh_log_z_ready)
 
     @property
     def num_layers(self) -> int:
@@ -405,13 +413,14 @@ class CMIMLoss(nn.Module):
 
     def _log_z(self, k: int, pos: Tensor, neg: Tensor, neg_mask: Tensor) -> Tensor:
         """CRD's log Z = log(M * mean exp(s)) of layer k, measured once on the first batch."""
-        if torch.isnan(self.log_z[k]):
+        if not self._log_z_ready[k]:
             with torch.no_grad():
                 valid = torch.cat([pos.unsqueeze(1), neg.masked_fill(~neg_mask, -math.inf)], 1)
                 count = pos.numel() + neg_mask.sum().to(pos.dtype)
                 num_data = self.num_data or neg_mask.sum(1).to(pos.dtype).mean() + 1
                 log_z = valid.logsumexp((0, 1)) - count.log() + math.log(num_data)
                 self.log_z[k] = all_reduce_mean(log_z)
+            self._log_z_ready[k] = True
         return self.log_z[k]
 
     @torch.no_grad()

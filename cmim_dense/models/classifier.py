@@ -68,6 +68,11 @@ class TrainForward(NamedTuple):
     teacher_logits: Tensor | None
 
 
+def _refresh_tap_schedule(model: BinaryImageClassifier, incompatible_keys) -> None:
+    """After a checkpoint load: the Python copies of the tap schedule follow the buffers."""
+    model._tap_seed, model._tap_step = int(model.tap_seed), int(model.tap_step)
+
+
 @MODELS.register_module()
 class BinaryImageClassifier(BaseModel):
     """Image classifier for BNN pretraining with CMIM, in one forward pass.
@@ -150,6 +155,9 @@ class BinaryImageClassifier(BaseModel):
                 # so a resumed run draws what the uninterrupted run drew.
                 self.register_buffer("tap_seed", torch.tensor(torch.initial_seed() % 2**31))
                 self.register_buffer("tap_step", torch.tensor(0))
+                # Python copies, so a step never waits for the device to read the buffers back.
+                self._tap_seed, self._tap_step = int(self.tap_seed), 0
+                self.register_load_state_dict_post_hook(_refresh_tap_schedule)
             else:
                 in_dims = [(self.teacher.num_features, self.backbone.num_features)]
             self.cmim = MODELS.build(dict(dict(type="CMIMLoss"), **(cmim or {}), in_dims=in_dims))
@@ -198,9 +206,10 @@ class BinaryImageClassifier(BaseModel):
             return TrainForward(logits, [(teacher_feats, pooled)], teacher_logits)
         if self.taps is None:
             return TrainForward(self.backbone(inputs), None, teacher_logits)
-        self.taps.begin_step(int(self.tap_seed), int(self.tap_step))
+        self.taps.begin_step(self._tap_seed, self._tap_step)
         if self.training:
-            self.tap_step += 1
+            self._tap_step += 1
+            self.tap_step.add_(1)
         with self.taps:
             logits = self.backbone(inputs)
             return TrainForward(logits, self.taps.pop(), teacher_logits)

@@ -24,12 +24,12 @@ class StageTimer:
     def log(self, message: str) -> None:
         print(f"[{time.perf_counter() - self.start:6.0f} s] {message}", flush=True)
 
-    def run(self, name: str, job, *args, **kwargs):
-        """Run ``job(*args, **kwargs)`` as stage ``name``; returns its result."""
-        self.log(name)
+    def run(self, stage: str, job, *args, **kwargs):
+        """Run ``job(*args, **kwargs)`` as ``stage``; returns its result."""
+        self.log(stage)
         begin = time.perf_counter()
         result = job(*args, **kwargs)
-        self.stages.append(dict(stage=name, seconds=time.perf_counter() - begin))
+        self.stages.append(dict(stage=stage, seconds=time.perf_counter() - begin))
         return result
 
     def table(self) -> str:

@@ -6,7 +6,9 @@ import torch
 from mmseg.models.decode_heads import ASPPHead, DepthwiseSeparableASPPHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
-from torch import Tensor, nn
+from torch import Tensor
+
+from cmim_dense.models.heads.decode_losses import decode_losses
 
 
 class _DepthRegressionMixin:
@@ -29,13 +31,7 @@ class _DepthRegressionMixin:
     def loss_by_feat(self, depth: Tensor, batch_data_samples: list) -> dict[str, Tensor]:
         gt = torch.stack([s.gt_depth_map.data for s in batch_data_samples]).to(depth.dtype)
         depth = resize(depth, size=gt.shape[2:], mode="bilinear", align_corners=self.align_corners)
-        loss_fns = self.loss_decode
-        if not isinstance(loss_fns, nn.ModuleList):
-            loss_fns = [loss_fns]
-        losses = {}
-        for loss_fn in loss_fns:
-            losses[loss_fn.loss_name] = losses.get(loss_fn.loss_name, 0) + loss_fn(depth, gt)
-        return losses
+        return decode_losses(self, depth, gt)
 
 
 @MODELS.register_module()

@@ -1,0 +1,278 @@
+"""Seed sweeps: a grid of ``--cfg-options`` values x seeds, run one after another, aggregated.
+
+Two kinds of run:
+    pretraining: one config trained and tested per (setting, seed); metric ``top1`` (%).
+    demo chain: the demo's pretrain -> transfer chain per (setting, seed) on the demo's data;
+        metrics ``top1`` (pretraining, %), ``mIoU`` (%), ``rmse`` (m), ``neg_log_rmse``.
+The grid's keys go to the pretraining config; in a chain, ``transfer_grid`` keys go to the
+transfer config (pretraining runs are shared by the transfer settings that reuse them). The
+seed is ``randomness.seed`` of every run. A run already evaluated is skipped and a cut one
+resumes, so a cut sweep continues where it stopped.
+
+Aggregates, per setting and metric: mean, sample standard deviation and the per-seed values.
+Against a reference setting (the first of the grid unless given), every other setting gets
+the paired per-seed differences (same seed), their mean and standard deviation, and the count
+of seeds on which it is better. A setting is called better *beyond the seed spread* when it is
+better on every seed and the mean difference exceeds the differences' standard deviation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from mmengine.config import DictAction
+
+from cmim_dense.pipelines.chain import StageTimer, run_chain, train_and_test
+from cmim_dense.utils.errors import InputError
+from cmim_dense.utils.io import save_figure_atomic, write_json_atomic, write_text_atomic
+
+# Metrics per kind of run, and whether higher is better.
+HIGHER_IS_BETTER = {"top1": True, "mIoU": True, "rmse": False, "neg_log_rmse": True}
+PRETRAIN_METRICS = ("top1",)
+CHAIN_METRICS = ("top1", "mIoU", "rmse", "neg_log_rmse")
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list]:
+    """``["KEY=V1,V2", ...]`` -> {KEY: [V1, V2]}, values parsed as mmengine's --cfg-options."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise InputError(f"--grid wants KEY=V1,V2,..., got {item!r}")
+        if key in grid:
+            raise InputError(f"--grid key {key} given twice")
+        grid[key] = [DictAction._parse_int_float_bool(v) for v in values.split(",")]
+    return grid
+
+
+def settings_of(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, in grid order ([{}] for an empty grid)."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def setting_name(setting: dict) -> str:
+    """A folder-safe name: ``cmim_lambda=0.05,tau=0.1`` (the last part of each key)."""
+    if not setting:
+        return "default"
+    parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in setting.items()]
+    return ",".join(parts).replace("/", "_")
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep.
+
+    Attributes:
+        grid: pretraining ``--cfg-options`` key -> values.
+        seeds: seeds of every setting.
+        work_dir: where runs and the aggregate files go.
+        config: the pretraining config (pretraining sweeps and chains).
+        transfer_config: set for a chain sweep: the transfer config.
+        transfer_grid: transfer ``--cfg-options`` key -> values (chains).
+        cfg_options, transfer_options: fixed options of every pretraining / transfer run.
+        roots: (NYUD tree, crops ImageFolder) of a chain sweep.
+        reference: the setting the others are compared with (default: the first).
+    """
+
+    grid: dict[str, list]
+    seeds: list[int]
+    work_dir: Path
+    config: Path
+    transfer_config: Path | None = None
+    transfer_grid: dict[str, list] = field(default_factory=dict)
+    cfg_options: dict = field(default_factory=dict)
+    transfer_options: dict = field(default_factory=dict)
+    roots: tuple[Path, Path] | None = None
+    reference: dict | None = None
+
+    @property
+    def chain(self) -> bool:
+        return self.transfer_config is not None
+
+    def runs(self) -> list[tuple[dict, dict, int]]:
+        """(pretraining setting, transfer setting, seed) of every run, seeds innermost."""
+        return [
+            (pre, tr, seed)
+            for pre in settings_of(self.grid)
+            for tr in settings_of(self.transfer_grid)
+            for seed in self.seeds
+        ]
+
+
+def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
+    """Run (or reuse) every run of ``spec`` and write ``sweep.json``, ``sweep.md`` and
+    ``sweep.png`` into ``spec.work_dir``; returns the ``sweep.json`` record."""
+    if not spec.seeds:
+        raise InputError("a sweep needs at least one seed")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise InputError(f"seeds repeat: {spec.seeds}")
+    if spec.chain and spec.roots is None:
+        raise InputError("a chain sweep needs the data roots")
+    timer = timer or StageTimer()
+    records = []
+    for pre, tr, seed in spec.runs():
+        records.append(_run_one(spec, pre, tr, seed, timer))
+    metrics = CHAIN_METRICS if spec.chain else PRETRAIN_METRICS
+    result = aggregate(records, metrics, spec.reference)
+    result["stages"] = timer.stages
+    write_outputs(result, spec.work_dir)
+    return result
+
+
+def _run_one(spec: SweepSpec, pre: dict, tr: dict, seed: int, timer: StageTimer) -> dict:
+    seed_option = {"randomness.seed": seed}
+    pre_name = f"{setting_name(pre)}_s{seed}"
+    pre_dir = spec.work_dir / "pretrain" / pre_name
+    pre_options = {**spec.cfg_options, **pre, **seed_option}
+    setting = {**pre, **{f"transfer:{k}": v for k, v in tr.items()}}
+    if not spec.chain:
+        record = train_and_test(spec.config, pre_dir, pre_options, pre_name, timer)
+        metrics = {"top1": record["metrics"]["top1"]}
+        return dict(setting=setting, seed=seed, metrics=metrics, run_dirs=[str(pre_dir)])
+    tr_name = f"{setting_name(pre)}__{setting_name(tr)}_s{seed}"
+    tr_dir = spec.work_dir / "transfer" / tr_name
+    chain = run_chain(
+        spec.config,
+        spec.transfer_config,
+        pre_dir,
+        tr_dir,
+        spec.roots,
+        tr_name,
+        timer,
+        pretrain_options=pre_options,
+        transfer_options={**spec.transfer_options, **tr, **seed_option},
+    )
+    transfer = chain["transfer"]["metrics"]
+    metrics = dict(
+        top1=chain["pretrain"]["metrics"]["top1"],
+        mIoU=transfer["mIoU"],
+        rmse=transfer["rmse"],
+        neg_log_rmse=transfer["neg_log_rmse"],
+    )
+    return dict(setting=setting, seed=seed, metrics=metrics, run_dirs=[str(pre_dir), str(tr_dir)])
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def aggregate(records: list[dict], metrics: Sequence[str], reference: dict | None = None) -> dict:
+    """Means, spreads and paired differences of ``records`` (see the module docstring)."""
+    names = list(dict.fromkeys(setting_name(r["setting"]) for r in records))
+    by_setting = {n: [r for r in records if setting_name(r["setting"]) == n] for n in names}
+    ref_name = setting_name(reference) if reference is not None else names[0]
+    if ref_name not in by_setting:
+        raise InputError(f"reference setting {ref_name} is not in the grid ({', '.join(names)})")
+    settings = []
+    for name, runs in by_setting.items():
+        entry = dict(name=name, setting=runs[0]["setting"], seeds=[r["seed"] for r in runs])
+        for metric in metrics:
+            values = [r["metrics"][metric] for r in runs]
+            entry[metric] = dict(mean=statistics.fmean(values), std=_std(values), values=values)
+        settings.append(entry)
+    reference_runs = {r["seed"]: r for r in by_setting[ref_name]}
+    paired = []
+    for name, runs in by_setting.items():
+        if name == ref_name:
+            continue
+        matched = [(r, reference_runs[r["seed"]]) for r in runs if r["seed"] in reference_runs]
+        if not matched:
+            continue
+        entry = dict(name=name, reference=ref_name, seeds=[r["seed"] for r, _ in matched])
+        for metric in metrics:
+            diffs = [r["metrics"][metric] - ref["metrics"][metric] for r, ref in matched]
+            sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+            better = sum(sign * d > 0 for d in diffs)
+            mean, std = statistics.fmean(diffs), _std(diffs)
+            entry[metric] = dict(
+                mean=mean,
+                std=std,
+                values=diffs,
+                better=better,
+                n=len(diffs),
+                beyond_spread=bool(better == len(diffs) and len(diffs) > 1 and sign * mean > std),
+            )
+        paired.append(entry)
+    return dict(
+        metrics=list(metrics), reference=ref_name, runs=records, settings=settings, paired=paired
+    )
+
+
+def _fmt(stat: dict, digits: int) -> str:
+    values = ", ".join(f"{v:.{digits}f}" for v in stat["values"])
+    std = "" if math.isnan(stat["std"]) else f" ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}{std} ({values})"
+
+
+DIGITS = {"top1": 1, "mIoU": 1, "rmse": 3, "neg_log_rmse": 3}
+
+
+def markdown(result: dict) -> str:
+    """``sweep.md``: mean ± std (per-seed values) per setting, then the paired differences."""
+    metrics = result["metrics"]
+    lines = ["# Sweep", "", "mean ± std (per-seed values)", ""]
+    lines.append("| setting | seeds | " + " | ".join(metrics) + " |")
+    lines.append("|---|---|" + "---|" * len(metrics))
+    for entry in result["settings"]:
+        cells = [_fmt(entry[m], DIGITS[m]) for m in metrics]
+        seeds = ", ".join(map(str, entry["seeds"]))
+        lines.append(f"| {entry['name']} | {seeds} | " + " | ".join(cells) + " |")
+    if result["paired"]:
+        lines += [
+            "",
+            f"paired differences against `{result['reference']}` (same seed): "
+            "mean ± std (per-seed values), better on k of n seeds",
+            "",
+        ]
+        lines.append("| setting | " + " | ".join(metrics) + " |")
+        lines.append("|---|" + "---|" * len(metrics))
+        for entry in result["paired"]:
+            cells = []
+            for m in metrics:
+                stat = entry[m]
+                mark = " **beyond spread**" if stat["beyond_spread"] else ""
+                cells.append(f"{_fmt(stat, DIGITS[m])}, {stat['better']}/{stat['n']}{mark}")
+            lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Better beyond the seed spread: better on every seed and the mean "
+            "difference larger than the differences' standard deviation.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: dict) -> Figure:
+    """``sweep.png``: one panel per metric; per-seed dots and mean ± std per setting."""
+    metrics = result["metrics"]
+    fig = Figure(figsize=(4.2 * len(metrics), 4.0))
+    FigureCanvasAgg(fig)
+    names = [e["name"] for e in result["settings"]]
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for x, entry in enumerate(result["settings"]):
+            stat = entry[metric]
+            ax.scatter([x] * len(stat["values"]), stat["values"], s=18, alpha=0.6, color="grey")
+            err = 0.0 if math.isnan(stat["std"]) else stat["std"]
+            ax.errorbar(x, stat["mean"], yerr=err, fmt="o", color="C0", capsize=5)
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
+        better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+        ax.set_title(f"{metric} ({better} is better)")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(result: dict, work_dir: Path) -> None:
+    """Write ``sweep.json``, ``sweep.md`` and ``sweep.png`` atomically."""
+    write_json_atomic(work_dir / "sweep.json", result)
+    write_text_atomic(work_dir / "sweep.md", markdown(result))
+    save_figure_atomic(figure(result), work_dir / "sweep.png", dpi=110)

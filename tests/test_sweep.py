@@ -1,0 +1,112 @@
+"""tools/sweep.py: a 2 x 2 grid of a tiny pretraining config x 2 seeds, its aggregates, and a
+rerun that skips finished runs; the statistics on hand-made records."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+from _data_writers import write_pattern_folder
+
+from cmim_dense.pipelines import chain
+from cmim_dense.pipelines.sweep import aggregate, parse_grid, setting_name, settings_of
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _tool():
+    return runpy.run_path(str(REPO / "tools" / "sweep.py"), run_name="tools_sweep")["main"]
+
+
+def test_grid_parsing_and_names():
+    grid = parse_grid(["model.cmim_lambda=0,0.05", "model.tap_reduce=sample,avgpool"])
+    assert grid == {"model.cmim_lambda": [0, 0.05], "model.tap_reduce": ["sample", "avgpool"]}
+    settings = settings_of(grid)
+    assert len(settings) == 4 and settings[1] == {
+        "model.cmim_lambda": 0,
+        "model.tap_reduce": "avgpool",
+    }
+    assert setting_name(settings[1]) == "cmim_lambda=0,tap_reduce=avgpool"
+    with pytest.raises(ValueError, match="KEY=V1"):
+        parse_grid(["model.cmim_lambda"])
+
+
+def _record(setting, seed, **metrics):
+    return dict(setting=setting, seed=seed, metrics=metrics)
+
+
+def test_aggregate_means_spreads_and_paired_differences():
+    records = [
+        _record({"lam": 0}, 0, top1=50.0, rmse=0.60),
+        _record({"lam": 0}, 1, top1=52.0, rmse=0.58),
+        _record({"lam": 0}, 2, top1=54.0, rmse=0.62),
+        _record({"lam": 1}, 0, top1=53.0, rmse=0.59),
+        _record({"lam": 1}, 1, top1=54.0, rmse=0.59),
+        _record({"lam": 1}, 2, top1=58.0, rmse=0.59),
+    ]
+    result = aggregate(records, ["top1", "rmse"])
+    base, cmim = result["settings"]
+    assert base["top1"]["mean"] == pytest.approx(52.0) and base["top1"]["std"] == pytest.approx(2.0)
+    assert cmim["top1"]["values"] == [53.0, 54.0, 58.0]
+    (pair,) = result["paired"]
+    assert pair["reference"] == "lam=0"
+    assert pair["top1"]["values"] == [3.0, 2.0, 4.0]
+    assert pair["top1"]["mean"] == pytest.approx(3.0) and pair["top1"]["std"] == pytest.approx(1.0)
+    assert pair["top1"]["better"] == 3 and pair["top1"]["beyond_spread"]
+    # RMSE: lower is better; -0.01, +0.01, -0.03 -> better on 2 of 3, not beyond the spread
+    assert pair["rmse"]["better"] == 2 and not pair["rmse"]["beyond_spread"]
+    single = aggregate(records[:1], ["top1"])
+    assert math.isnan(single["settings"][0]["top1"]["std"]) and single["paired"] == []
+
+
+def test_pretraining_sweep_writes_files_and_skips_finished_runs(tmp_path, monkeypatch):
+    write_pattern_folder(tmp_path / "data", num_classes=3, per_class=dict(train=4, val=3))
+    config = tmp_path / "tiny.py"
+    config.write_text(
+        f"""_base_ = [{str(REPO / "configs" / "demo" / "pretrain_crops.py")!r}]
+model = dict(backbone=dict(base_channels=8), num_classes=3)
+dataset = dict(data_root={str(tmp_path / "data")!r})
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dataset)
+val_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dataset)
+test_dataloader = val_dataloader
+max_epochs = 1
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+param_scheduler = []
+default_hooks = dict(checkpoint=dict(interval=max_epochs), logger=dict(interval=1))
+"""
+    )
+    work = tmp_path / "sweep"
+    argv = [str(config), "--grid", "model.cmim_lambda=0,0.05", "--grid"]
+    argv += ["model.tap_reduce=sample,avgpool", "--seeds", "0", "1", "--work-dir", str(work)]
+    assert _tool()(argv) == 0
+    for name in ("sweep.json", "sweep.md", "sweep.png"):
+        assert (work / name).stat().st_size > 0
+    result = json.loads((work / "sweep.json").read_text())
+    assert len(result["runs"]) == 8 and len(result["settings"]) == 4
+    for entry in result["settings"]:
+        runs = [r for r in result["runs"] if setting_name(r["setting"]) == entry["name"]]
+        top1 = [r["metrics"]["top1"] for r in runs]
+        assert entry["top1"]["values"] == top1
+        assert entry["top1"]["mean"] == pytest.approx(sum(top1) / 2)
+        for run in runs:
+            saved = json.loads((Path(run["run_dirs"][0]) / "metrics.json").read_text())
+            assert saved["metrics"]["top1"] == run["metrics"]["top1"]
+    assert len(result["paired"]) == 3 and "paired differences" in (work / "sweep.md").read_text()
+
+    trained = []
+    monkeypatch.setattr(chain, "train", lambda *a, **k: trained.append(a))
+    assert _tool()(argv) == 0  # every run is evaluated already: nothing trains again
+    assert trained == []
+    assert json.loads((work / "sweep.json").read_text())["settings"] == result["settings"]
+
+
+def test_sweep_bad_input_is_one_line(tmp_path, capsys):
+    argv = ["--grid", "model.cmim_lambda", "--seeds", "0", "--work-dir", str(tmp_path / "w")]
+    assert _tool()(["--demo", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "KEY=V1" in err[0]
+    assert _tool()(["--seeds", "0", "--work-dir", str(tmp_path / "w")]) == 2
