@@ -2,7 +2,7 @@
 # frozen binary ResNet-18 at output stride 8, the CMIM paper's transfer recipe (Sec. 4.5).
 # Point it at a pretraining checkpoint (backbone.* keys), e.g.
 #   python tools/train.py configs/nyud_deeplab_bin_r18.py \
-#       --cfg-options model.backbone.pretrained=work_dirs/imagenet_bin_r18_irnet_cmim/best_top1.pth
+#       --cfg-options model.backbone.pretrained=work_dirs/imagenet_bin_r18_irnet_cmim/best_top1_epoch_100.pth
 _base_ = [
     "./_base_/models/deeplabv3_bin_r18.py",
     "./_base_/datasets/nyud.py",

@@ -15,6 +15,7 @@ from cmim_dense.pipelines.demo import (
     check_work_dir,
     ensure_data,
     format_summary,
+    run_demo,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
@@ -85,7 +86,7 @@ def test_work_dir_refuses_other_settings(tmp_path):
     settings = _settings(tmp_path)
     check_work_dir(settings)
     check_work_dir(settings)  # a rerun with the same settings continues
-    assert json.loads((settings.work_dir / RUN_STAMP).read_text())["cmim_lambda"] == 0.05
+    assert json.loads((settings.work_dir / RUN_STAMP).read_text())["cmim_lambda"] == 0.005
     with pytest.raises(ValueError, match="other settings"):
         check_work_dir(_settings(tmp_path, cmim_lambda=0.5))
 
@@ -120,3 +121,63 @@ def test_stage_timer_records_each_stage():
     assert timer.run("double", lambda x: 2 * x, 21) == 42
     assert [s["stage"] for s in timer.stages] == ["double"] and timer.stages[0]["seconds"] >= 0
     assert timer.table().splitlines()[-1].startswith("total")
+
+
+def test_whole_demo_runs_side_by_side_and_summarises(tmp_path):
+    """The demo end to end on a tiny set: both chains (in two worker processes), the report,
+    the analysis figures and a summary with every stage's time; a rerun reuses every run."""
+    pretrain = tmp_path / "pretrain.py"
+    pretrain.write_text(
+        f"""_base_ = [{str(CONFIGS / "pretrain_crops.py")!r}]
+model = dict(backbone=dict(base_channels=8))
+loader = dict(batch_size=8, num_workers=0, persistent_workers=False)
+train_dataloader = dict(loader, sampler=dict(type="DefaultSampler", shuffle=True), drop_last=True)
+test_dataloader = loader
+max_epochs = 1
+train_cfg = dict(max_epochs=max_epochs)
+param_scheduler = []
+default_hooks = dict(checkpoint=dict(interval=max_epochs))
+"""
+    )
+    transfer = tmp_path / "transfer.py"
+    transfer.write_text(
+        f"""_base_ = [{str(CONFIGS / "nyud_synth.py")!r}]
+crop_size = (48, 64)
+head = dict(in_channels=64, channels=8, c1_in_channels=8, c1_channels=8)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(base_channels=8),
+    seg_head=head,
+    depth_head=head,
+)
+loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
+train_dataloader = loader
+test_dataloader = loader
+max_iters = 3
+param_scheduler = []
+train_cfg = dict(max_iters=max_iters)
+default_hooks = dict(checkpoint=dict(interval=max_iters))
+"""
+    )
+    settings = _settings(
+        tmp_path,
+        frames=80,
+        size=(48, 64),
+        crop_size=32,
+        pretrain_config=pretrain,
+        transfer_config=transfer,
+        workers=2,
+    )
+    summary = run_demo(settings)
+    assert set(summary["runs"]) == {"cmim", "baseline"}
+    for run in summary["runs"].values():
+        assert 0 <= run["mIoU"] <= 100 and run["rmse"] > 0 and 0 <= run["top1"] <= 100
+    stages = [s["stage"] for s in summary["stages"]]
+    assert stages[0].startswith("generate 80 frames") and "chains" in stages
+    assert {"pretrain_cmim: train", "baseline: test", "report"} <= set(stages)
+    report = settings.work_dir / "report"
+    for name in ("report.md", "fig5.png", "analysis/tsne.png", "analysis/analysis.json"):
+        assert (report / name).is_file(), name
+    again = run_demo(settings)  # everything evaluated: only data checks, report and analysis
+    assert not any(s["stage"].endswith(": train") for s in again["stages"])
+    assert again["runs"] == summary["runs"]

@@ -71,10 +71,9 @@ def test_pretraining_sweep_writes_files_and_skips_finished_runs(tmp_path, monkey
 model = dict(backbone=dict(base_channels=8), num_classes=3)
 dataset = dict(data_root={str(tmp_path / "data")!r})
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dataset)
-val_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dataset)
-test_dataloader = val_dataloader
+test_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dataset)
 max_epochs = 1
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = []
 default_hooks = dict(checkpoint=dict(interval=max_epochs), logger=dict(interval=1))
 """

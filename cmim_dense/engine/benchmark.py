@@ -58,8 +58,7 @@ def _train_step(model: nn.Module, batch: Callable[[], dict]) -> StepFn:
     model.train()
 
     def step() -> None:
-        losses = model(**batch(), mode="loss")
-        loss = sum(v for k, v in losses.items() if k.startswith("loss") or ".loss" in k)
+        loss, _ = model.parse_losses(model(**batch(), mode="loss"))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

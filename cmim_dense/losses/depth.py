@@ -11,7 +11,11 @@ class MaskedL1Loss(nn.Module):
     """Mean |pred - gt| over valid pixels (gt > min_depth), in metres.
 
     Args:
-        pred, gt: (N, 1, H, W) depth in metres; gt <= min_depth marks invalid pixels.
+        min_depth: ground truth at or below this (m) is invalid and ignored (0 = no depth).
+        loss_weight: factor of the loss.
+        loss_name: the key the loss is logged under.
+
+    ``forward(pred, gt)``: pred and gt (N, 1, H, W) in metres; returns a scalar.
     """
 
     def __init__(

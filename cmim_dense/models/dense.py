@@ -9,6 +9,7 @@ from mmengine.logging import print_log
 from mmseg.models.segmentors import BaseSegmentor, DepthEstimator
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from mmseg.utils import add_prefix
 from torch import Tensor
 
 from cmim_dense.utils.errors import InputError
@@ -152,8 +153,7 @@ class MultiTaskDense(BaseSegmentor):
         feats = self.extract_feat(inputs)
         losses = {}
         for name, head in self.heads.items():
-            for key, value in head.loss(feats, data_samples, self.train_cfg).items():
-                losses[f"{name}.{key}"] = value
+            losses.update(add_prefix(head.loss(feats, data_samples, self.train_cfg), name))
         return losses
 
     def predict(

@@ -85,7 +85,7 @@ def run_chain(
     transfer=record)`` of the two ``metrics.json`` records.
     """
     nyud_root, crops_root = roots
-    options = {**data_options(crops_root, ("train", "val", "test")), **(pretrain_options or {})}
+    options = {**data_options(crops_root, ("train", "test")), **(pretrain_options or {})}
     pretrain = train_and_test(pretrain_config, pretrain_dir, options, f"pretrain_{name}", timer)
     options = {
         **data_options(nyud_root, ("train", "test")),

@@ -21,7 +21,7 @@ model = dict(
     channels_last=True,  # about 1.2x faster training steps on CPU (separable convolutions)
     backbone_backend="openvino",  # the frozen backbone as bit-packed xnor-popcount convolutions
     backbone=dict(base_channels=16, output_stride=8),
-    seg_head=dict(type="DepthwiseSeparableASPPHead", **head),
+    seg_head=dict(type="SegDepthwiseSeparableASPPHead", **head),
     depth_head=dict(
         type="DepthDepthwiseSeparableASPPHead",
         loss_decode=dict(_delete_=True, type="MaskedL1Loss"),

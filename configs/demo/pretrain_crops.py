@@ -22,7 +22,8 @@ train_dataloader = dict(
     collate_fn=dict(type="default_collate"),
     dataset=dict(dataset, split="train", scale=(0.5, 1.0)),
 )
-val_dataloader = dict(
+# Evaluated once, by tools/test.py after training (no validation pass during training).
+test_dataloader = dict(
     batch_size=128,
     num_workers=1,
     persistent_workers=True,
@@ -30,14 +31,14 @@ val_dataloader = dict(
     collate_fn=dict(type="default_collate"),
     dataset=dict(dataset, split="val", crop_pct=1.0),
 )
-test_dataloader = val_dataloader
-val_evaluator = dict(type="TopKAccuracy", topk=(1, 5))
-test_evaluator = val_evaluator
+test_evaluator = dict(type="TopKAccuracy", topk=(1, 5))
+val_dataloader = None
+val_evaluator = None
+val_cfg = None
 max_epochs = 6
 optim_wrapper = dict(type="OptimWrapper", optimizer=dict(type="Adam", lr=2e-3, weight_decay=0.0))
 param_scheduler = [dict(type="CosineAnnealingLR", T_max=max_epochs, by_epoch=True, eta_min=0)]
-train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=max_epochs)
-val_cfg = dict(type="ValLoop")
+train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs)
 test_cfg = dict(type="TestLoop")
 log_processor = dict(by_epoch=True, window_size=10)
 default_hooks = dict(
