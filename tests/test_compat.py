@@ -189,3 +189,24 @@ def test_checkpoint_with_code_is_refused(tmp_path, loader):
         else:
             torch.load(path)
     assert not marker.exists()
+
+
+def test_checkpoint_cut_mid_save_leaves_no_final_file(tmp_path, monkeypatch):
+    """mmengine saves through its local backend, which now writes a temporary file and renames
+    it: a save killed before the rename leaves neither a partial iter_N.pth nor the temp file."""
+    from mmengine.runner.checkpoint import save_checkpoint
+
+    compat.apply()
+    target = tmp_path / "iter_8.pth"
+    save_checkpoint({"state_dict": {"w": torch.ones(3)}}, str(tmp_path / "iter_4.pth"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, str(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_4.pth"]
+    assert torch.equal(
+        _load_checkpoint(str(tmp_path / "iter_4.pth"))["state_dict"]["w"], torch.ones(3)
+    )

@@ -170,3 +170,17 @@ def test_through_mmengine_evaluator_with_seg_data_samples(tmp_path):
     assert saved["neg_log_rmse"] == pytest.approx(-math.log(HAND_RMSE_POOLED))
     assert saved["IoU.d"] is None  # NaN written as null
     assert list(out_file.parent.iterdir()) == [out_file]  # no temp file left behind
+
+
+def test_nan_rmse_stays_nan():
+    """A NaN prediction gives a NaN RMSE and a NaN -log RMSE, never +inf (a perfect score)."""
+    metric = DenseMetric()
+    metric.dataset_meta = dict(classes=("a", "b"))
+    gt = torch.full((1, 4, 4), 2.0)
+    sample = dict(
+        pred_depth_map=dict(data=torch.full((1, 4, 4), float("nan"))), gt_depth_map=dict(data=gt)
+    )
+    metric.process({}, [sample])
+    metrics = metric.compute_metrics(metric.results)
+    assert math.isnan(metrics["rmse"]) and math.isnan(metrics["neg_log_rmse"])
+    assert math.isnan(metrics["neg_log_rmse_per_image"])

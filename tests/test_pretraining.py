@@ -390,3 +390,23 @@ test_dataloader = val_dataloader
     (log,) = work_dir.glob("*/*.log")
     assert "Distributed training: True" in log.read_text() and "GPU number: 2" in log.read_text()
     assert [r["step"] for r in _train_records(work_dir)] == [1, 2, 3]
+
+
+def test_classifier_num_classes_must_match_the_dataset(tmp_path, capsys):
+    """NumClassesCheckHook reads the classifier's num_classes: 5 classes on a 4-class folder
+    stop before the first step with one line naming both."""
+    write_pattern_folder(tmp_path / "data", num_classes=4, per_class=dict(train=2, val=2))
+    data = dict(data_root=str(tmp_path / "data"), img_size=32)
+    body = f"""
+model = dict(backbone=dict(base_channels=8, stem="cifar"), num_classes=5)
+train_dataloader = {_loader(4, split="train", **data)}
+val_dataloader = {_loader(4, split="val", **data)}
+test_dataloader = val_dataloader
+"""
+    config = _write_config(
+        tmp_path / "five.py", "pretrain/imagenet_bin_r18_irnet_baseline.py", body, epochs=1
+    )
+    assert _tool_main("train")([str(config), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "num_classes=5" in err[-1] and "4 classes" in err[-1]
+    assert not list((tmp_path / "w").glob("*.pth"))

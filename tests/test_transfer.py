@@ -11,6 +11,7 @@ and shrink it: width-8 backbone, 16-channel heads, 60x80 frames, batch 2.
 from __future__ import annotations
 
 import math
+import pickle
 import runpy
 import shutil
 import socket
@@ -28,6 +29,7 @@ from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import MODELS
 
+from cmim_dense.binary.irnet import ede_schedule
 from cmim_dense.engine.runs import train
 from cmim_dense.evaluation.report import read_run_metrics
 from cmim_dense.evaluation.visualize import load_predictions_npz
@@ -395,3 +397,115 @@ def test_channels_last_heads_match_the_default_layout():
     for task in ("seg", "depth"):
         torch.testing.assert_close(outputs[True][task], outputs[False][task], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_backbone_keeps_its_schedule_buffers(transfer, tmp_path):
+    """A backbone saved at the end of pretraining (EDE t = 10, k = 1) comes out of transfer
+    bit-identical, buffers included, although the progress hook runs every iteration."""
+    ckpt = tmp_path / "late.pth"
+    state = _save_backbone(ckpt, 5, depth=18, base_channels=8, output_stride=8)
+    t_end, k_end = ede_schedule(1.0)
+    for key in state:
+        if key.endswith("binarizer.t"):
+            state[key].fill_(t_end)
+        elif key.endswith("binarizer.k"):
+            state[key].fill_(k_end)
+    torch.save(dict(state_dict={f"backbone.{k}": v for k, v in state.items()}), ckpt)
+    body = _with_hooks() + "custom_hooks[0]['interval'] = 1\n"
+    config = _run_config(tmp_path, "late", transfer["base"], body)
+    work_dir = tmp_path / "w"
+    train(str(config), str(work_dir), cfg_options={"model.backbone.pretrained": str(ckpt)})
+    final = _part(
+        _load_checkpoint(str(work_dir / f"iter_{MAX_ITERS}.pth"))["state_dict"], "backbone."
+    )
+    assert final.keys() == state.keys()
+    assert [k for k, v in state.items() if not torch.equal(v, final[k])] == []
+
+
+def _tool_error(capsys, tool: str, argv: list[str]) -> str:
+    """``tools/<tool>.py`` exits 2 with exactly one ``error:`` line on stderr."""
+    assert _tool_main(tool)(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+class _RunsCode:
+    """Unpickling this would run ``touch`` on a path: a checkpoint that executes code."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", str(self.path)],))
+
+
+@pytest.mark.parametrize("case", ["wider", "backbone_only", "truncated", "text", "runs_code"])
+def test_bad_checkpoints_are_refused_by_test_and_resume(
+    transfer, frozen_run, tmp_path, capsys, case
+):
+    """tools/test.py loads strictly and safely: another architecture, a pretraining checkpoint
+    of the backbone alone, a cut file, a text file and a pickle that would run code all give
+    one line and exit 2, with no metrics.json; --resume refuses the same files."""
+    good = frozen_run["work_dir"] / f"iter_{MAX_ITERS}.pth"
+    ckpt = tmp_path / f"{case}.pth"
+    touched = tmp_path / "ran"
+    if case == "wider":
+        state = _load_checkpoint(str(good))["state_dict"]
+        state = {
+            k: torch.cat([v, v]) if k.endswith("seg_head.conv_seg.bias") else v
+            for k, v in state.items()
+        }
+        torch.save(dict(state_dict=state), ckpt)
+    elif case == "backbone_only":
+        shutil.copy(transfer["root"] / "pretrained.pth", ckpt)
+    elif case == "truncated":
+        ckpt.write_bytes(good.read_bytes()[:1000])
+    elif case == "text":
+        ckpt.write_text("not a checkpoint\n")
+    else:
+        with open(ckpt, "wb") as f:
+            pickle.dump({"state_dict": _RunsCode(touched)}, f)
+    config = _run_config(tmp_path, f"bad_{case}", transfer["base"])
+    run_dir = tmp_path / "eval"
+    line = _tool_error(capsys, "test", [str(config), str(ckpt), "--work-dir", str(run_dir)])
+    assert str(ckpt) in line
+    assert not (run_dir / "metrics.json").exists() and not touched.exists()
+    if case in ("truncated", "text", "runs_code"):
+        argv = [str(config), "--work-dir", str(tmp_path / "w"), "--resume", str(ckpt)]
+        assert str(ckpt) in _tool_error(capsys, "train", argv)
+        assert not touched.exists()
+
+
+def test_nan_metrics_are_an_error_not_a_result(transfer, frozen_run, tmp_path, capsys):
+    state = _load_checkpoint(str(frozen_run["work_dir"] / f"iter_{MAX_ITERS}.pth"))["state_dict"]
+    state["depth_head.conv_seg.bias"].fill_(float("nan"))
+    ckpt = tmp_path / "nan.pth"
+    torch.save(dict(state_dict=state), ckpt)
+    config = _run_config(tmp_path, "nan", transfer["base"])
+    run_dir = tmp_path / "eval"
+    line = _tool_error(capsys, "test", [str(config), str(ckpt), "--work-dir", str(run_dir)])
+    assert "non-finite metrics" in line and "rmse" in line
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("model.backbone.binariser=irnet", "model.backbone.binariser: BinaryResNet"),
+        ("train_cfg.max_iter=3", "train_cfg.max_iter: IterBasedTrainLoop"),
+    ],
+)
+def test_mistyped_config_keys_are_named(transfer, tmp_path, capsys, option, named):
+    config = _run_config(tmp_path, "typo", transfer["base"])
+    argv = [str(config), "--work-dir", str(tmp_path / "w"), "--cfg-options", option]
+    line = _tool_error(capsys, "train", argv)
+    assert named in line and "it accepts" in line
+    assert "binarizer" in line or "max_iters" in line
+
+
+def test_slide_inference_is_refused(transfer):
+    model_cfg = Config.fromfile(transfer["base"]).model
+    model_cfg.test_cfg = dict(mode="slide", crop_size=(32, 32), stride=(16, 16))
+    with pytest.raises(ValueError, match=r"test_cfg\.mode='slide' is not supported"):
+        MODELS.build(model_cfg)

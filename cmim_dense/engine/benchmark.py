@@ -97,6 +97,25 @@ def cmim_steps(batch_size: int, size: int, n_nce: int = 4096, num_classes: int =
     return steps
 
 
+def dense_batch(
+    batch_size: int, height: int, width: int, num_classes: int, device: str | torch.device = "cpu"
+) -> Callable[[], dict]:
+    """Batches of the dense model: ``inputs`` (B, 3, H, W) and ``data_samples`` with
+    ``gt_sem_seg`` (1, H, W) class ids and ``gt_depth_map`` (1, H, W) metres in [0.5, 5.5]."""
+    samples = []
+    for _ in range(batch_size):
+        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width)))
+        sample.set_data(
+            dict(
+                gt_sem_seg=PixelData(data=torch.randint(0, num_classes, (1, height, width))),
+                gt_depth_map=PixelData(data=torch.rand(1, height, width) * 5 + 0.5),
+            )
+        )
+        samples.append(sample.to(device))
+    inputs = torch.randn(batch_size, 3, height, width, device=device)
+    return lambda: dict(inputs=inputs, data_samples=samples)
+
+
 def transfer_steps(
     config: str, batch_size: int, height: int, width: int, backend: str = "torch"
 ) -> dict:
@@ -108,17 +127,7 @@ def transfer_steps(
     init_default_scope("mmseg")
     cfg = Config.fromfile(config)
     num_classes = cfg.model.seg_head.num_classes if cfg.model.get("seg_head") else 1
-    samples = []
-    for _ in range(batch_size):
-        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width)))
-        sample.set_data(
-            dict(
-                gt_sem_seg=PixelData(data=torch.randint(0, num_classes, (1, height, width))),
-                gt_depth_map=PixelData(data=torch.rand(1, height, width) * 5 + 0.5),
-            )
-        )
-        samples.append(sample)
-    inputs = torch.randn(batch_size, 3, height, width)
+    batch = dense_batch(batch_size, height, width, num_classes)
     steps = {}
     for name, freeze in (("frozen", True), ("finetune", False)):
         torch.manual_seed(0)
@@ -128,7 +137,7 @@ def transfer_steps(
         model_cfg.pop("data_preprocessor", None)
         model_cfg["backbone"] = dict(model_cfg["backbone"], pretrained=None, init_cfg=None)
         model = revert_sync_batchnorm(MODELS.build(model_cfg))  # SyncBN needs a process group
-        steps[name] = _train_step(model, lambda: dict(inputs=inputs, data_samples=samples))
+        steps[name] = _train_step(model, batch)
     return steps
 
 

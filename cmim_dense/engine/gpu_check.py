@@ -46,14 +46,12 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.registry import init_default_scope
-from mmengine.structures import PixelData
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 from PIL import Image
 from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
-from cmim_dense.engine.benchmark import median_step_times
+from cmim_dense.engine.benchmark import dense_batch, median_step_times
 from cmim_dense.engine.config import enable_amp
 from cmim_dense.utils.io import write_json_atomic, write_text_atomic
 
@@ -173,25 +171,6 @@ def classification_batch(
         )
 
     return batch
-
-
-def dense_batch(
-    batch_size: int, height: int, width: int, num_classes: int, device: str | torch.device = "cuda"
-) -> Callable[[], dict]:
-    """Batches of the dense model: ``inputs`` (B, 3, H, W) and ``data_samples`` with
-    ``gt_sem_seg`` (1, H, W) class ids and ``gt_depth_map`` (1, H, W) metres in [0.5, 5.5]."""
-    samples = []
-    for _ in range(batch_size):
-        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width)))
-        sample.set_data(
-            dict(
-                gt_sem_seg=PixelData(data=torch.randint(0, num_classes, (1, height, width))),
-                gt_depth_map=PixelData(data=torch.rand(1, height, width) * 5 + 0.5),
-            )
-        )
-        samples.append(sample.to(device))
-    inputs = torch.randn(batch_size, 3, height, width, device=device)
-    return lambda: dict(inputs=inputs, data_samples=samples)
 
 
 # -- timing ---------------------------------------------------------------------------------
