@@ -58,7 +58,7 @@ def test_bad_arguments_are_explained():
         BinaryResNet(depth=50)
     with pytest.raises(ValueError, match="output_stride"):
         BinaryResNet(output_stride=4)
-    with pytest.raises(KeyError, match="unknown binarizer 'nope'"):
+    with pytest.raises(ValueError, match="unknown binarizer 'nope'"):
         BinaryResNet(binarizer="nope")
 
 

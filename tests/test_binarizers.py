@@ -274,7 +274,7 @@ def test_build_by_dict_with_kwargs():
 
 
 def test_unknown_binarizer_lists_registered():
-    with pytest.raises(KeyError, match="unknown binarizer 'nope'") as info:
+    with pytest.raises(ValueError, match="unknown binarizer 'nope'") as info:
         build_binarizer("nope", 2, 2, (3, 3))
     assert all(name in str(info.value) for name in METHODS)
 

@@ -86,7 +86,7 @@ def test_work_dir_refuses_other_settings(tmp_path):
     settings = _settings(tmp_path)
     check_work_dir(settings)
     check_work_dir(settings)  # a rerun with the same settings continues
-    assert json.loads((settings.work_dir / RUN_STAMP).read_text())["cmim_lambda"] == 0.005
+    assert json.loads((settings.work_dir / RUN_STAMP).read_text())["cmim_lambda"] == 1e-4
     with pytest.raises(ValueError, match="other settings"):
         check_work_dir(_settings(tmp_path, cmim_lambda=0.5))
 
@@ -120,7 +120,6 @@ def test_stage_timer_records_each_stage():
     timer = StageTimer()
     assert timer.run("double", lambda x: 2 * x, 21) == 42
     assert [s["stage"] for s in timer.stages] == ["double"] and timer.stages[0]["seconds"] >= 0
-    assert timer.table().splitlines()[-1].startswith("total")
 
 
 def test_whole_demo_runs_side_by_side_and_summarises(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _binary_helpers import METHODS, block_of, trained_like
+from mmseg.registry import MODELS
 from torch import nn
 
 from cmim_dense.binary import BINARIZERS, Binarizer, BinaryConv2d, hard_sign
@@ -26,6 +27,7 @@ from cmim_dense.deploy.export import EXPORT_FORMAT, export_config, export_model
 from cmim_dense.deploy.fold import NotExportableError, fold_binary_conv
 from cmim_dense.deploy.graph import BackboneGraph, binary_conv_integer, packed_bits
 from cmim_dense.deploy.runtime import OpenVINOBackbone
+from cmim_dense.engine.config import load_config
 from cmim_dense.models import BinaryResNet, MultiTaskDense
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,3 +332,32 @@ def test_openvino_backend_needs_a_frozen_backbone():
         _dense_model(backbone_backend="openvino", freeze_backbone=False)
     with pytest.raises(ValueError, match="backbone_backend must be one of"):
         _dense_model(backbone_backend="tensorrt")
+
+
+def test_export_of_a_pretraining_checkpoint_gives_its_stage_features(tmp_path):
+    """A classifier's checkpoint exports its backbone's stage features, not its logits. (Trained
+    BN statistics: at initialisation BN has no bias, and activations that cancel to exactly 0
+    sit on the sign threshold, where PyTorch's float conv of scaled weights rounds either way.)"""
+    config = REPO / "configs" / "pretrain" / "cifar100_bin_r18_react_cmim.py"
+    options = {"model.backbone.base_channels": 8}
+    model = MODELS.build(load_config(str(config), options).model)
+    trained_like(model, seed=6)
+    checkpoint = tmp_path / "epoch_1.pth"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    record = export_config(str(config), str(checkpoint), tmp_path / "cls", cfg_options=options)
+    assert record["input_size"] == [32, 32] and record["output_stride"] == 8  # CIFAR stem
+    assert record["outputs"] == [[8, 32, 32], [16, 16, 16], [32, 8, 8], [64, 4, 4]]
+    assert record["binary_convs"] == 16 and record["max_error"]["feature_relative_l2"] < 1e-4
+    assert sorted(p.name for p in (tmp_path / "cls").iterdir()) == [
+        "backbone.bin",
+        "backbone.xml",
+        "export.json",
+    ]
+
+
+def test_dense_exactness_is_measured_against_pytorch_even_with_the_openvino_backend(tmp_path):
+    config = _dense_config(tmp_path)
+    options = {"model.backbone_backend": "openvino"}
+    record = export_config(str(config), None, tmp_path / "ir", cfg_options=options)
+    errors = record["max_error"]
+    assert errors["seg_argmax_agreement"] >= 99.9 and errors["depth_max_abs_m"] <= 1e-3

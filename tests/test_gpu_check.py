@@ -623,8 +623,10 @@ def test_run_gpu_check_records_a_failing_stage(tmp_path, monkeypatch):
     )
     assert figures["agreement"]["error"] == "RuntimeError: boom"
     assert figures["checks"] == dict(agreement=False) and figures["passed"] is False
-    assert "[agreement] error: RuntimeError: boom" in lines
+    (logged,) = [line for line in lines if line.startswith("[agreement] error:")]
+    assert logged.startswith("[agreement] error: RuntimeError: boom\nTraceback")
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["agreement"]["error"] == "RuntimeError: boom"
+    assert 'raise RuntimeError("boom")' in saved["agreement"]["traceback"]
     with pytest.raises(ValueError, match="unknown stages"):
         gpu_check.run_gpu_check(tmp_path, stages=["speed"])

@@ -101,6 +101,9 @@ default_hooks = dict(checkpoint=dict(interval=max_epochs), logger=dict(interval=
     assert _tool()(argv) == 0  # every run is evaluated already: nothing trains again
     assert trained == []
     assert json.loads((work / "sweep.json").read_text())["settings"] == result["settings"]
+    # Other fixed options in the same folder: refused, not silently reused.
+    assert _tool()([*argv, "--cfg-options", "model.tap_size=1"]) == 2
+    assert trained == []
 
 
 def test_sweep_bad_input_is_one_line(tmp_path, capsys):

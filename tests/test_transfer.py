@@ -100,6 +100,7 @@ head = dict(in_channels=64, channels=16, dilations=(1, 2, 3, 4), c1_in_channels=
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(base_channels=8, pretrained={str(pretrained)!r}),
+    backbone_backend="torch",  # the probes watch the PyTorch backbone (OpenVINO: test_deploy)
     seg_head=head,
     depth_head=head,
 )
@@ -379,6 +380,7 @@ def test_channels_last_heads_match_the_default_layout():
     cfg = Config.fromfile(CONFIGS / "demo" / "nyud_synth.py")
     head = dict(in_channels=64, channels=16, dilations=(1, 2), c1_in_channels=8, c1_channels=8)
     cfg.merge_from_dict({"model.backbone.base_channels": 8, "model.seg_head": head})
+    cfg.merge_from_dict({"model.backbone_backend": "torch"})  # the heads' layouts are under test
     cfg.merge_from_dict({"model.depth_head": head})
     models = {}
     for layout in (False, True):

@@ -9,11 +9,12 @@ measured against the PyTorch model.
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.cli import run_tool
+from cmim_dense.engine.cli import add_cfg_options, run_tool
 from cmim_dense.utils.errors import InputError
 
 
@@ -25,24 +26,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"), help="input size of the exactness check"
     )
-    parser.add_argument("--cfg-options", nargs="+", action=_dict_action(), help="override keys")
+    add_cfg_options(parser)
     return parser.parse_args(argv)
-
-
-def _dict_action():
-    from mmengine.config import DictAction
-
-    return DictAction
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
 
     def job() -> None:
-        try:
-            from cmim_dense.deploy.export import export_config
-        except ImportError as err:
-            raise InputError(f"OpenVINO is needed to export ({err}); pip install openvino") from err
+        if importlib.util.find_spec("openvino") is None:
+            raise InputError("OpenVINO is needed to export: pip install openvino")
+        from cmim_dense.deploy.export import export_config
+
         record = export_config(args.config, args.checkpoint, args.out, args.size, args.cfg_options)
         print(json.dumps(record, indent=1))
 

@@ -15,10 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmengine.config import DictAction
-
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.cli import run_tool
+from cmim_dense.engine.cli import add_cfg_options, run_tool
 from cmim_dense.pipelines.chain import StageTimer
 from cmim_dense.pipelines.demo import DemoSettings, ensure_data
 from cmim_dense.pipelines.sweep import SweepSpec, markdown, parse_grid, run_sweep
@@ -35,8 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--transfer-grid", action="append", default=[], metavar="KEY=V1,V2")
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
-    parser.add_argument("--transfer-options", nargs="+", action=DictAction, default={})
+    add_cfg_options(parser)
+    add_cfg_options(parser, "--transfer-options")
     parser.add_argument("--reference", action="append", default=[], metavar="KEY=V")
     parser.add_argument("--data-dir", type=Path, default=Path("data/synth_nyud"))
     return parser.parse_args(argv)

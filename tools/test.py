@@ -23,9 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", help="run name in metrics.json and reports (default: config)")
     parser.add_argument(
         "--backend",
-        default="torch",
         choices=["torch", "openvino"],
-        help="run the frozen binary backbone in PyTorch or as a bit-packed OpenVINO model",
+        help="run a dense model's frozen binary backbone in PyTorch or bit-packed in OpenVINO "
+        "(default: the config's model.backbone_backend)",
     )
     add_common_args(parser)
     return parser.parse_args(argv)
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     options = dict(args.cfg_options or {})
-    if args.backend != "torch":
+    if args.backend:
         options["model.backbone_backend"] = args.backend
 
     def job() -> None:

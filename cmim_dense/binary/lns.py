@@ -16,13 +16,14 @@ from torch import Tensor, nn
 from cmim_dense.binary.base import Binarizer
 from cmim_dense.binary.functions import approx_sign, channel_mean_abs, hard_sign, sign_ste
 from cmim_dense.binary.registry import BINARIZERS
+from cmim_dense.utils.errors import InputError
 
 NUM_FEATURES = 5
 
 
 def _check_flip_rates(rho_pos: float, rho_neg: float) -> None:
     if not (0 <= rho_pos < 1 and 0 <= rho_neg < 1 and rho_pos + rho_neg < 1):
-        raise ValueError(f"need 0 <= rho and rho_pos + rho_neg < 1, got {rho_pos}, {rho_neg}")
+        raise InputError(f"need 0 <= rho and rho_pos + rho_neg < 1, got {rho_pos}, {rho_neg}")
 
 
 def unbiased_logistic_loss(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from mmengine.registry import Registry
 
+from cmim_dense.utils.errors import InputError
+
 BINARIZERS = Registry("binarizer", locations=["cmim_dense.binary"])
 
 
@@ -20,7 +22,7 @@ def build_binarizer(
     cfg = dict(type=cfg) if isinstance(cfg, str) else dict(cfg)
     name = cfg.get("type")
     if name not in BINARIZERS.module_dict:
-        raise KeyError(f"unknown binarizer {name!r}; registered: {', '.join(list_binarizers())}")
+        raise InputError(f"unknown binarizer {name!r}; registered: {', '.join(list_binarizers())}")
     # Instantiated directly: the registry is project-local, so building through it under
     # another default scope (mmseg) would only add a scope-switch warning.
     return BINARIZERS.module_dict[cfg.pop("type")](in_channels, out_channels, kernel_size, **cfg)

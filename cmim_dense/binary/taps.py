@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cmim_dense.binary.conv import BinaryConv2d
+from cmim_dense.utils.errors import InputError
 
 REDUCTIONS = ("sample", "avgpool", None)
 
@@ -40,11 +41,11 @@ class ActivationTaps:
         self, layers: Sequence[BinaryConv2d], reduce: str | None = "sample", size: int = 4
     ):
         if not layers:
-            raise ValueError("ActivationTaps needs at least one BinaryConv2d to tap")
+            raise InputError("ActivationTaps needs at least one BinaryConv2d to tap")
         if reduce not in REDUCTIONS:
-            raise ValueError(f"tap reduction must be one of {REDUCTIONS}, got {reduce!r}")
+            raise InputError(f"tap reduction must be one of {REDUCTIONS}, got {reduce!r}")
         if reduce is not None and size < 1:
-            raise ValueError(f"tap size must be >= 1, got {size}")
+            raise InputError(f"tap size must be >= 1, got {size}")
         self.layers = list(layers)
         self.reduce = reduce
         self.size = size
@@ -56,7 +57,7 @@ class ActivationTaps:
     def dims(self) -> list[int]:
         """D of each tapped layer for the fixed-size reductions (not for ``reduce=None``)."""
         if self.reduce is None:
-            raise ValueError("full-resolution taps have no fixed size; D depends on H, W")
+            raise InputError("full-resolution taps have no fixed size; D depends on H, W")
         return [layer.in_channels * self.size**2 for layer in self.layers]
 
     def begin_step(self, seed: int, step: int) -> None:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from cmim_dense.binary.base import Binarizer
 from cmim_dense.binary.registry import BINARIZERS, build_binarizer
+from cmim_dense.utils.errors import InputError
 
 
 @BINARIZERS.register_module(name="threshold_shift")
@@ -38,7 +39,7 @@ class ThresholdShiftBinarizer(Binarizer):
         super().__init__(*args, **kwargs)
         base_name = base if isinstance(base, str) else dict(base).get("type")
         if base_name == "threshold_shift":
-            raise ValueError("threshold_shift cannot use itself as its base binarizer")
+            raise InputError("threshold_shift cannot use itself as its base binarizer")
         self.base = build_binarizer(base, self.in_channels, self.out_channels, self.kernel_size)
         value = torch.full((1, self.in_channels, 1, 1), float(theta))
         if learnable:

@@ -26,8 +26,10 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import torch
+from mmengine.config import Config
 from torch import Tensor, nn
 
+from cmim_dense.binary import BinaryConv2d
 from cmim_dense.deploy.fold import NotExportableError
 from cmim_dense.deploy.graph import BackboneGraph
 from cmim_dense.deploy.runtime import OpenVINOBackbone
@@ -51,6 +53,19 @@ class _Heads(nn.Module):
         return tuple(head(list(feats)) for head in self.heads.values())
 
 
+def backbone_features(backbone: nn.Module, image: Tensor) -> tuple[Tensor, ...]:
+    """The backbone's feature maps in PyTorch, as its IR outputs them: (1, C_i, h_i, w_i) each.
+
+    A binary ResNet with a classifier (a pretraining model) gives its stage outputs, not logits.
+    """
+    with torch.no_grad():
+        if isinstance(backbone, BinaryResNet):
+            indices = backbone.out_indices
+            return tuple(backbone.forward_intermediates(image, indices, intermediates_only=True))
+        out = backbone(image)
+    return tuple(out) if isinstance(out, list | tuple) else (out,)
+
+
 def backbone_ir(backbone: nn.Module, example: Tensor) -> tuple[ov.Model, dict]:
     """The backbone as an OpenVINO model, and its layer counts.
 
@@ -61,6 +76,11 @@ def backbone_ir(backbone: nn.Module, example: Tensor) -> tuple[ov.Model, dict]:
         graph = BackboneGraph(backbone)
         model = graph.build()
         return model, dict(binary_convs=graph.binary_convs, float_convs=graph.float_convs)
+    if any(isinstance(m, BinaryConv2d) for m in backbone.modules()):
+        raise NotExportableError(
+            f"{type(backbone).__name__} has binary convs but is not a BinaryResNet: no exact "
+            "bit-packed export is known for it"
+        )
     convs = sum(isinstance(m, nn.Conv2d) for m in backbone.modules())
     model = ov.convert_model(backbone, example_input=example)
     return model, dict(binary_convs=0, float_convs=convs)
@@ -143,9 +163,7 @@ def export_model(
     backbone = model.backbone
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(1, 3, *input_size, generator=generator)
-    with torch.no_grad():
-        reference = backbone(image)
-    reference = tuple(reference) if isinstance(reference, list | tuple) else (reference,)
+    reference = backbone_features(backbone, image)
     ir, counts = backbone_ir(backbone, image)
     outputs = OpenVINOBackbone(ir)(image)
     errors = {
@@ -157,7 +175,7 @@ def export_model(
     dense = isinstance(model, MultiTaskDense)
     if dense:
         full = dense_ir(model, ir, reference)
-        errors.update(_dense_errors(model, full, image))
+        errors.update(_dense_errors(model, full, image, reference))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -190,10 +208,13 @@ def export_model(
     return record
 
 
-def _dense_errors(model: MultiTaskDense, full: ov.Model, image: Tensor) -> dict:
-    """Seg argmax agreement (%) and the largest depth difference (m) of the whole model."""
+def _dense_errors(
+    model: MultiTaskDense, full: ov.Model, image: Tensor, feats: tuple[Tensor, ...]
+) -> dict:
+    """Seg argmax agreement (%) and the largest depth difference (m) of the whole model, against
+    the PyTorch heads on the PyTorch backbone's features ``feats``."""
     with torch.no_grad():
-        reference = model._forward(image)
+        reference = {name: head(list(feats)) for name, head in model.heads.items()}
     compiled = OpenVINOBackbone(full)
     outputs = dict(zip(model.heads, compiled(image)))
     errors = {}
@@ -210,7 +231,7 @@ def _dense_errors(model: MultiTaskDense, full: ov.Model, image: Tensor) -> dict:
     return errors
 
 
-def default_input_size(cfg) -> tuple[int, int]:
+def default_input_size(cfg: Config) -> tuple[int, int]:
     """The size a config's model sees: a dense model's crop size, else 32 (CIFAR stem) or 224."""
     size = cfg.model.get("data_preprocessor", {}).get("size")
     if size:

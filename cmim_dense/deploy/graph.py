@@ -256,7 +256,7 @@ class BackboneGraph:
         if isinstance(module, RPReLU):
             slope = module.prelu.weight.detach().cpu().numpy()
             shifted = ops.subtract(x, _channel(module.shift_in.detach().cpu().numpy()))
-            y = ops.prelu(shifted, _const(slope))
+            y = ops.prelu(shifted, _channel(slope))  # (1, C, 1, 1): no broadcast ambiguity
             return ops.add(y, _channel(module.shift_out.detach().cpu().numpy())).output(0)
         if isinstance(module, Maxout):
             pos = ops.multiply(_channel(module.pos_scale.detach().cpu().numpy()), ops.relu(x))

@@ -46,5 +46,6 @@ class OpenVINOBackbone:
     def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
         compiled = self.compiled(tuple(x.shape))
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        results = compiled(array)
+        # Copies both ways: no OpenVINO buffer outlives its call inside a torch tensor.
+        results = compiled(array, share_inputs=False, share_outputs=False)
         return tuple(torch.from_numpy(results[out]).to(x.device) for out in compiled.outputs)

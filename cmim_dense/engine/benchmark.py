@@ -143,16 +143,13 @@ def transfer_steps(
 
 def _backbone_from_config(config: str) -> nn.Module:
     """The config's backbone, randomly initialised, in eval mode (speed does not depend on the
-    weights' values)."""
+    weights' values); a classifier's backbone is timed up to its features."""
     init_default_scope("mmseg")
     model_cfg = dict(Config.fromfile(config).model)
     model_cfg.pop("data_preprocessor", None)
     model_cfg["backbone"] = dict(model_cfg["backbone"], pretrained=None, init_cfg=None)
     model = revert_sync_batchnorm(MODELS.build(model_cfg))
-    backbone = model.backbone
-    if getattr(backbone, "num_classes", 0):
-        backbone.reset_classifier(0)
-    return backbone.eval()
+    return model.backbone.eval()
 
 
 def deploy_steps(config: str, height: int, width: int, threads: int = 2) -> tuple[dict, dict, dict]:
@@ -167,6 +164,7 @@ def deploy_steps(config: str, height: int, width: int, threads: int = 2) -> tupl
     import openvino as ov
     import openvino.opset13 as ops
 
+    from cmim_dense.deploy.export import backbone_features
     from cmim_dense.deploy.fold import fold_binary_conv
     from cmim_dense.deploy.graph import BackboneGraph, binary_layer_output
     from cmim_dense.deploy.runtime import OpenVINOBackbone
@@ -179,8 +177,7 @@ def deploy_steps(config: str, height: int, width: int, threads: int = 2) -> tupl
     }
 
     def torch_step() -> None:
-        with torch.no_grad():
-            backbone(image)
+        backbone_features(backbone, image)
 
     steps = {"torch_fp32": torch_step}
     steps.update({name: (lambda e=e: e(image)) for name, e in engines.items()})

@@ -11,9 +11,14 @@ from mmengine.config import DictAction
 from cmim_dense.utils.errors import InputError
 
 
+def add_cfg_options(parser: argparse.ArgumentParser, name: str = "--cfg-options") -> None:
+    """``--cfg-options key=value ...``: config keys to override (mmengine's syntax)."""
+    parser.add_argument(name, nargs="+", action=DictAction, default={}, help="override config keys")
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The options that ``tools/train.py`` and ``tools/test.py`` share."""
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    add_cfg_options(parser)
     parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
 

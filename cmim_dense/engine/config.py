@@ -17,6 +17,7 @@ from mmseg.registry import (
     OPTIM_WRAPPERS,
     OPTIMIZERS,
     PARAM_SCHEDULERS,
+    TASK_UTILS,
     TRANSFORMS,
 )
 
@@ -41,13 +42,19 @@ _NESTED_REGISTRIES = {
     "dataset": DATASETS,
     "pipeline": TRANSFORMS,
     "binarizer": BINARIZERS,
-    "base": BINARIZERS,  # threshold_shift's base method
+    "sampler": TASK_UTILS,  # a decode head's pixel sampler
 }
 _DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 # mmengine builds a loop without ``type`` from ``by_epoch``.
 _DEFAULT_LOOPS = {True: "EpochBasedTrainLoop", False: "IterBasedTrainLoop"}
 # Arguments a builder passes itself, or that mmengine reads and removes before building.
 _IMPLICIT = {"type", "_scope_", "runner", "dataloader", "evaluator", "params", "model", "by_epoch"}
+# Keys the Runner or a builder reads and removes before calling the class, per registry.
+_IMPLICIT_BY_REGISTRY = {
+    id(HOOKS): {"priority"},
+    id(PARAM_SCHEDULERS): {"convert_to_iter_based"},
+    id(OPTIM_WRAPPERS): {"constructor", "paramwise_cfg"},
+}
 # Layer configs that mmcv's build_norm_layer / build_conv_layer / initialisers interpret with
 # extra keys of their own (``requires_grad``, ...): not checked against a class signature.
 _LAYER_CONFIGS = {"norm_cfg", "act_cfg", "conv_cfg", "init_cfg", "dcn", "plugins"}
@@ -154,7 +161,8 @@ def _check_dict(cfg: dict, path: str, registry) -> None:
             raise InputError(f"{path}.type: unknown {registry.name} type {type_name!r}")
         accepted = accepted_arguments(cls) if inspect.isclass(cls) else None
         if accepted is not None:
-            unknown = sorted(k for k in cfg if k not in accepted and k not in _IMPLICIT)
+            implicit = _IMPLICIT | _IMPLICIT_BY_REGISTRY.get(id(registry), set())
+            unknown = sorted(k for k in cfg if k not in accepted and k not in implicit)
             if unknown:
                 raise InputError(
                     f"{path}.{unknown[0]}: {type_name} has no argument {unknown[0]!r}; "
@@ -164,6 +172,8 @@ def _check_dict(cfg: dict, path: str, registry) -> None:
         if key in _LAYER_CONFIGS:
             continue
         nested = _NESTED_REGISTRIES.get(key, registry)
+        if registry is BINARIZERS and key == "base":  # threshold_shift's base method
+            nested = BINARIZERS
         if isinstance(value, dict) and ("type" in value or key in _NESTED_REGISTRIES):
             _check_dict(value, f"{path}.{key}", nested)
         elif isinstance(value, list | tuple) and key in ("pipeline", "transforms"):

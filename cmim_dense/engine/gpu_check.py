@@ -36,8 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -871,7 +872,7 @@ def environment(device: str | torch.device = "cuda") -> dict:
         nccl=_nccl_version() if cuda else None,
         python=platform.python_version(),
         host=platform.node(),
-        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
 
@@ -938,8 +939,10 @@ def run_gpu_check(
         try:
             figures[stage] = runners[stage]()
         except Exception as err:  # a failed stage is a finding; the others still run
-            figures[stage] = dict(error=f"{type(err).__name__}: {err}")
-            log(f"[{stage}] error: {type(err).__name__}: {err}")
+            figures[stage] = dict(
+                error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()
+            )
+            log(f"[{stage}] error: {type(err).__name__}: {err}\n{traceback.format_exc()}")
         figures[stage]["seconds"] = time.perf_counter() - stage_start
         gc.collect()
         if torch.cuda.is_available():

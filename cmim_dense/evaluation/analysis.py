@@ -60,6 +60,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from cmim_dense.binary import ActivationTaps, BinaryConv2d
 from cmim_dense.losses.cmim import CMIMLoss
@@ -79,7 +80,7 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  #
 
 
 # -- test images ---------------------------------------------------------------------------------
-def dataset_labels(dataset) -> list[int]:
+def dataset_labels(dataset: Dataset) -> list[int]:
     """The class label of every sample of a classification dataset, without decoding images
     when the dataset lists them (``samples`` of ImageFolder, ``labels`` of CIFAR)."""
     if hasattr(dataset, "samples"):
@@ -127,7 +128,7 @@ def _sample(dataset, index: int) -> dict:
     return item
 
 
-def load_images(dataset, indices: Sequence[int]) -> Tensor:
+def load_images(dataset: Dataset, indices: Sequence[int]) -> Tensor:
     """(N, 3, H, W) float: the test-transformed images at ``indices``."""
     images = [_sample(dataset, int(i))["inputs"] for i in progress_bar(indices, "images", "img")]
     shapes = {tuple(x.shape) for x in images}

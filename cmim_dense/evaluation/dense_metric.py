@@ -40,6 +40,7 @@ from mmseg.evaluation.metrics import IoUMetric
 from mmseg.registry import METRICS
 from prettytable import PrettyTable
 
+from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_json_atomic
 
 # Order of the per-image sufficient statistics kept by ``_depth_stats``.
@@ -108,11 +109,11 @@ class DenseMetric(BaseMetric):
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         if depth_reduction not in _REDUCTIONS:
-            raise ValueError(
+            raise InputError(
                 f"depth_reduction must be one of {_REDUCTIONS}, got {depth_reduction!r}"
             )
         if not 0 <= min_depth < max_depth:
-            raise ValueError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
+            raise InputError(f"need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
         self.ignore_index = ignore_index
         self.min_depth = min_depth
         self.max_depth = max_depth
@@ -132,7 +133,7 @@ class DenseMetric(BaseMetric):
 
     def _num_classes(self) -> int:
         if not self.dataset_meta or "classes" not in self.dataset_meta:
-            raise ValueError(
+            raise InputError(
                 "DenseMetric needs dataset_meta['classes'] for segmentation; "
                 "set metric.dataset_meta or evaluate through a Runner/Evaluator with a dataset"
             )
@@ -144,20 +145,20 @@ class DenseMetric(BaseMetric):
         pred = sample["pred_sem_seg"]["data"].squeeze()
         label = sample["gt_sem_seg"]["data"].squeeze().to(pred)
         if pred.shape != label.shape:
-            raise ValueError(
+            raise InputError(
                 f"pred_sem_seg {tuple(pred.shape)} and gt_sem_seg {tuple(label.shape)} "
                 f"differ in shape ({sample.get('img_path', '?')})"
             )
         lo, hi = int(pred.min()), int(pred.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(
+            raise InputError(
                 f"prediction contains class id {hi if hi >= num_classes else lo} but the dataset "
                 f"has {num_classes} classes: the decode head's num_classes in the config does "
                 "not match the dataset"
             )
         bad = (label != self.ignore_index) & ((label < 0) | (label >= num_classes))
         if bool(bad.any()):
-            raise ValueError(
+            raise InputError(
                 f"ground truth contains class id {int(label[bad][0])} outside 0..{num_classes - 1} "
                 f"and not ignore_index={self.ignore_index} ({sample.get('img_path', '?')})"
             )
@@ -169,7 +170,7 @@ class DenseMetric(BaseMetric):
         pred = sample["pred_depth_map"]["data"].squeeze()
         gt = sample["gt_depth_map"]["data"].squeeze().to(pred.device)
         if pred.shape != gt.shape:
-            raise ValueError(
+            raise InputError(
                 f"pred_depth_map {tuple(pred.shape)} and gt_depth_map {tuple(gt.shape)} "
                 f"differ in shape ({sample.get('img_path', '?')})"
             )
@@ -194,7 +195,7 @@ class DenseMetric(BaseMetric):
         seg = [r["seg"] for r in results if r["seg"] is not None]
         depth = [r["depth"] for r in results if r["depth"] is not None]
         if not seg and not depth:
-            raise ValueError(
+            raise InputError(
                 "DenseMetric got no sample with pred_sem_seg+gt_sem_seg or "
                 "pred_depth_map+gt_depth_map"
             )

@@ -32,6 +32,7 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from cmim_dense.losses.dist_utils import all_reduce_mean, batch_sizes, gather_cat, rank_offset
+from cmim_dense.utils.errors import InputError
 
 CRITICS = ("flip", "embed")
 BANKS = ("queue", "momentum")
@@ -203,7 +204,8 @@ class CMIMLoss(nn.Module):
 
     Attributes after each forward (detached, one per layer, shallow to deep):
         last_layer_terms: L_NCE^k (Eq. 13, maximised).
-        last_mi_bounds: Eq. 9 estimates E_pos[log h] + log(N) in nats.
+        last_mi_bounds: Eq. 9 estimates E_pos[log h] + log(negatives per anchor) in nats (the
+            paper's log(N - 1), N the batch size).
     """
 
     def __init__(
@@ -226,27 +228,27 @@ class CMIMLoss(nn.Module):
             (int(d[0]), int(d[1])) if isinstance(d, Sequence) else (int(d),) * 2 for d in in_dims
         ]
         if not dims or min(min(d) for d in dims) < 1:
-            raise ValueError(f"in_dims must be a non-empty list of positive ints, got {in_dims}")
+            raise InputError(f"in_dims must be a non-empty list of positive ints, got {in_dims}")
         if critic not in CRITICS:
-            raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
+            raise InputError(f"critic must be one of {CRITICS}, got {critic!r}")
         if critic == "flip" and any(d_real != d_bin for d_real, d_bin in dims):
-            raise ValueError(f"the flip critic needs a_F and a_B of one width, got {in_dims}")
+            raise InputError(f"the flip critic needs a_F and a_B of one width, got {in_dims}")
         if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+            raise InputError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
         if bank not in BANKS:
-            raise ValueError(f"bank must be one of {BANKS}, got {bank!r}")
+            raise InputError(f"bank must be one of {BANKS}, got {bank!r}")
         if tau <= 0 or beta <= 0:
-            raise ValueError(f"tau and beta must be positive, got tau={tau}, beta={beta}")
+            raise InputError(f"tau and beta must be positive, got tau={tau}, beta={beta}")
         n_nce = (16384 if critic == "embed" else 0) if n_nce is None else int(n_nce)
         if n_nce < 0:
-            raise ValueError(f"n_nce must be >= 0, got {n_nce}")
+            raise InputError(f"n_nce must be >= 0, got {n_nce}")
         if n_nce and bank == "momentum":
             if critic != "embed":
-                raise ValueError("bank='momentum' needs critic='embed'; use bank='queue' for flip")
+                raise InputError("bank='momentum' needs critic='embed'; use bank='queue' for flip")
             if num_data is None:
-                raise ValueError("bank='momentum' needs num_data (the dataset size)")
+                raise InputError("bank='momentum' needs num_data (the dataset size)")
         if num_data is not None and num_data < 1:
-            raise ValueError(f"num_data must be >= 1, got {num_data}")
+            raise InputError(f"num_data must be >= 1, got {num_data}")
 
         self.dims = dims
         self.tau = float(tau)
@@ -370,23 +372,23 @@ class CMIMLoss(nn.Module):
         labels: Tensor | None,
     ) -> int:
         if len(pairs) != self.num_layers:
-            raise ValueError(
+            raise InputError(
                 f"CMIMLoss expects {self.num_layers} (a_F, a_B) pairs, got {len(pairs)}"
             )
         n = pairs[0][0].shape[0]
         for k, ((a_F, a_B), (d_real, d_bin)) in enumerate(zip(pairs, self.dims)):
             if a_F.shape != (n, d_real) or a_B.shape != (n, d_bin):
-                raise ValueError(
+                raise InputError(
                     f"layer {k}: expected a_F of shape ({n}, {d_real}) and a_B of shape "
                     f"({n}, {d_bin}), got {tuple(a_F.shape)} and {tuple(a_B.shape)}"
                 )
         if indices is None and self.n_nce:
-            raise ValueError("CMIMLoss with a memory bank (n_nce > 0) needs dataset indices")
+            raise InputError("CMIMLoss with a memory bank (n_nce > 0) needs dataset indices")
         if labels is None and self.negatives == "class":
-            raise ValueError("CMIMLoss with negatives='class' needs the labels")
+            raise InputError("CMIMLoss with negatives='class' needs the labels")
         for name, value in (("indices", indices), ("labels", labels)):
             if value is not None and value.shape != (n,):
-                raise ValueError(f"{name} must have shape ({n},), got {tuple(value.shape)}")
+                raise InputError(f"{name} must have shape ({n},), got {tuple(value.shape)}")
         return n
 
     def _critic_inputs(self, k: int, a_real: Tensor, a_bin: Tensor) -> tuple[Tensor, Tensor]:

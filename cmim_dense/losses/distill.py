@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from cmim_dense.utils.errors import InputError
+
 
 @MODELS.register_module()
 class DistributionLoss(nn.Module):
@@ -27,7 +29,7 @@ class DistributionLoss(nn.Module):
     ):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise InputError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
         self.scale_by_t2 = scale_by_t2
         self.loss_weight = float(loss_weight)
@@ -35,7 +37,7 @@ class DistributionLoss(nn.Module):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         """student_logits, teacher_logits: (N, C). Returns a scalar."""
         if student_logits.shape != teacher_logits.shape:
-            raise ValueError(
+            raise InputError(
                 f"student and teacher logits differ in shape: {tuple(student_logits.shape)} "
                 f"vs {tuple(teacher_logits.shape)}"
             )

@@ -7,13 +7,15 @@ from typing import NamedTuple
 import timm
 import torch
 import torch.nn.functional as F
+from mmengine.dist import broadcast, is_distributed
 from mmengine.model import BaseModel
-from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from cmim_dense.binary import ActivationTaps
 from cmim_dense.binary.lns import LNSBinarizer, lns_noisy_label_loss
+from cmim_dense.utils.checkpoint import load_state_dict_strict, read_state_dict
+from cmim_dense.utils.errors import InputError
 
 
 def build_teacher(
@@ -37,14 +39,11 @@ def build_teacher(
     if mlp_hidden:
         name = teacher.pretrained_cfg.get("classifier", "fc")
         if "." in name:
-            raise ValueError(f"mlp_hidden needs a top-level classifier; {arch} has {name!r}")
+            raise InputError(f"mlp_hidden needs a top-level classifier; {arch} has {name!r}")
         head = [nn.Linear(teacher.num_features, mlp_hidden), nn.ReLU(inplace=True)]
         setattr(teacher, name, nn.Sequential(*head, nn.Linear(mlp_hidden, num_classes)))
-    ckpt = _load_checkpoint(checkpoint, map_location="cpu")
-    state = ckpt.get("state_dict", ckpt)
-    if prefix:
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    teacher.load_state_dict(state, strict=True)
+    state = read_state_dict(checkpoint, prefix or None)
+    load_state_dict_strict(teacher, state, checkpoint, f"the {arch} teacher")
     teacher.requires_grad_(False)
     # mmengine's init_weights() calls the init_weights() of every child not marked initialised,
     # and timm networks have one: without this the Runner would re-randomise the teacher.
@@ -134,9 +133,9 @@ class BinaryImageClassifier(BaseModel):
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if cmim_source not in CMIM_SOURCES:
-            raise ValueError(f"cmim_source must be one of {CMIM_SOURCES}, got {cmim_source!r}")
+            raise InputError(f"cmim_source must be one of {CMIM_SOURCES}, got {cmim_source!r}")
         if (distill or cmim_source == "teacher") and not teacher:
-            raise ValueError("distill and cmim_source='teacher' need a teacher network")
+            raise InputError("distill and cmim_source='teacher' need a teacher network")
         self.backbone = MODELS.build(dict(backbone, num_classes=num_classes))
         self.num_classes = num_classes
         self.teacher = build_teacher(num_classes=num_classes, **teacher) if teacher else None
@@ -153,7 +152,10 @@ class BinaryImageClassifier(BaseModel):
                 in_dims = self.taps.dims()
                 # Sampled tap positions are a function of (seed, step), kept in the checkpoint,
                 # so a resumed run draws what the uninterrupted run drew.
-                self.register_buffer("tap_seed", torch.tensor(torch.initial_seed() % 2**31))
+                seed = torch.tensor(torch.initial_seed() % 2**31)
+                if is_distributed():  # every rank samples the positions of rank 0
+                    broadcast(seed, src=0)
+                self.register_buffer("tap_seed", seed)
                 self.register_buffer("tap_step", torch.tensor(0))
                 # Python copies, so a step never waits for the device to read the buffers back.
                 self._tap_seed, self._tap_step = int(self.tap_seed), 0
@@ -165,7 +167,7 @@ class BinaryImageClassifier(BaseModel):
         if self.lns_weight > 0 and not any(
             isinstance(m, LNSBinarizer) for m in self.backbone.modules()
         ):
-            raise ValueError("lns_weight > 0 needs an LNS backbone (binarizer='lns')")
+            raise InputError("lns_weight > 0 needs an LNS backbone (binarizer='lns')")
 
     def train(self, mode: bool = True) -> BinaryImageClassifier:
         super().train(mode)
@@ -179,7 +181,9 @@ class BinaryImageClassifier(BaseModel):
         label: Tensor | None = None,
         index: Tensor | None = None,
         mode: str = "tensor",
-    ):
+    ) -> dict[str, Tensor] | Tensor | list[dict]:
+        """``'loss'``: the loss terms; ``'tensor'``: logits (N, num_classes); ``'predict'``: one
+        ``dict(pred_logits, gt_label)`` per sample (what TopKAccuracy reads)."""
         if mode == "loss":
             return self.loss(inputs, label, index)
         logits = self.backbone(inputs)
@@ -188,7 +192,7 @@ class BinaryImageClassifier(BaseModel):
         if mode == "predict":
             labels = label if label is not None else [None] * len(logits)
             return [dict(pred_logits=lg, gt_label=lb) for lg, lb in zip(logits, labels)]
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+        raise InputError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
     def forward_train(self, inputs: Tensor) -> TrainForward:
         """One backbone forward (and one teacher forward if there is a teacher)."""
@@ -235,5 +239,5 @@ class BinaryImageClassifier(BaseModel):
             losses["loss_distill"] = self.distill(out.logits, out.teacher_logits)
         losses.update(self.regularizer_losses(out.pairs, index, label))
         if not losses:
-            raise ValueError("no loss to compute: the batch has no labels and there is no teacher")
+            raise InputError("no loss to compute: the batch has no labels and there is no teacher")
         return losses

@@ -59,7 +59,7 @@ class MultiTaskDense(BaseSegmentor):
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if seg_head is None and depth_head is None:
-            raise ValueError("MultiTaskDense needs a seg_head, a depth_head, or both")
+            raise InputError("MultiTaskDense needs a seg_head, a depth_head, or both")
         mode = (test_cfg or {}).get("mode", "whole")
         if mode != "whole":
             raise InputError(

@@ -14,6 +14,7 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from cmim_dense.models.classifier import BinaryImageClassifier
+from cmim_dense.utils.errors import InputError
 
 
 def info_nce_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
@@ -25,7 +26,7 @@ def info_nce_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     softmax(cos / temperature). Returns a scalar.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(
+        raise InputError(
             f"need two (N, D) views of one shape, got {tuple(z1.shape)}, {tuple(z2.shape)}"
         )
     n = z1.shape[0]
@@ -98,9 +99,9 @@ class S2BNNClassifier(BinaryImageClassifier):
         init_cfg: dict | None = None,
     ):
         if not teacher:
-            raise ValueError("S2BNNClassifier needs a teacher: dict(arch=..., checkpoint=...)")
+            raise InputError("S2BNNClassifier needs a teacher: dict(arch=..., checkpoint=...)")
         if contrastive_weight < 0 or contrastive_temperature <= 0:
-            raise ValueError(
+            raise InputError(
                 f"need contrastive_weight >= 0 and contrastive_temperature > 0, got "
                 f"{contrastive_weight}, {contrastive_temperature}"
             )
@@ -141,11 +142,11 @@ class S2BNNClassifier(BinaryImageClassifier):
         elif inputs.dim() == 4:
             n, num_views = inputs.shape[0], 1
         else:
-            raise ValueError(
+            raise InputError(
                 f"inputs must be (N, 3, H, W) or (N, V, 3, H, W), got {inputs.dim()}-d"
             )
         if self.contrastive_weight > 0 and num_views < 2:
-            raise ValueError(
+            raise InputError(
                 "the contrastive term needs two views, inputs (N, 2, 3, H, W): wrap the dataset in "
                 "UnlabeledDataset(num_views=2)"
             )

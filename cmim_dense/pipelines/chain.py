@@ -4,8 +4,10 @@ dense tasks, evaluate that. Each run is skipped when already evaluated and resum
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmengine.runner import find_latest_checkpoint
 
@@ -24,21 +26,13 @@ class StageTimer:
     def log(self, message: str) -> None:
         print(f"[{time.perf_counter() - self.start:6.0f} s] {message}", flush=True)
 
-    def run(self, stage: str, job, *args, **kwargs):
+    def run(self, stage: str, job: Callable, *args, **kwargs) -> Any:
         """Run ``job(*args, **kwargs)`` as ``stage``; returns its result."""
         self.log(stage)
         begin = time.perf_counter()
         result = job(*args, **kwargs)
         self.stages.append(dict(stage=stage, seconds=time.perf_counter() - begin))
         return result
-
-    def table(self) -> str:
-        """The stages as a two-column text table, with the total."""
-        width = max([len(s["stage"]) for s in self.stages] + [5])
-        lines = [f"{'stage':{width}s}  seconds"]
-        lines += [f"{s['stage']:{width}s}  {s['seconds']:7.0f}" for s in self.stages]
-        lines.append(f"{'total':{width}s}  {time.perf_counter() - self.start:7.0f}")
-        return "\n".join(lines)
 
 
 def data_options(root: Path, splits: tuple[str, ...]) -> dict:

@@ -55,7 +55,7 @@ class DemoSettings:
     size: tuple[int, int] = (120, 160)
     crop_size: int = 32
     seed: int = 0
-    cmim_lambda: float = 0.005
+    cmim_lambda: float = 1e-4
     workers: int = 2
     # Run the CMIM and baseline chains side by side, one process and one thread each: on two
     # cores that finishes sooner than one two-thread process after the other.

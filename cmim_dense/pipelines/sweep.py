@@ -7,7 +7,8 @@ Two kinds of run:
 The grid's keys go to the pretraining config; in a chain, ``transfer_grid`` keys go to the
 transfer config (pretraining runs are shared by the transfer settings that reuse them). The
 seed is ``randomness.seed`` of every run. A run already evaluated is skipped and a cut one
-resumes, so a cut sweep continues where it stopped.
+resumes, so a cut sweep continues where it stopped; each run folder is stamped with the full
+settings of its run, and a folder stamped otherwise is refused rather than reused.
 
 Aggregates, per setting and metric: mean, sample standard deviation and the per-seed values.
 Against a reference setting (the first of the grid unless given), every other setting gets
@@ -19,6 +20,7 @@ better on every seed and the mean difference exceeds the differences' standard d
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -32,7 +34,12 @@ from mmengine.config import DictAction
 
 from cmim_dense.pipelines.chain import StageTimer, run_chain, train_and_test
 from cmim_dense.utils.errors import InputError
-from cmim_dense.utils.io import save_figure_atomic, write_json_atomic, write_text_atomic
+from cmim_dense.utils.io import (
+    save_figure_atomic,
+    to_jsonable,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 # Metrics per kind of run, and whether higher is better.
 HIGHER_IS_BETTER = {"top1": True, "mIoU": True, "rmse": False, "neg_log_rmse": True}
@@ -128,11 +135,35 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
     return result
 
 
+RUN_STAMP = "sweep_run.json"
+
+
+def _claim(run_dir: Path, settings: dict) -> None:
+    """Stamp ``run_dir`` with the full settings of its run; refuse a folder made otherwise.
+
+    Run folders are named by the grid values alone, so the stamp is what tells a finished run
+    of these settings from one with other fixed options (or a colliding short name).
+    """
+    stamp = run_dir / RUN_STAMP
+    wanted = to_jsonable(settings)
+    if stamp.is_file():
+        previous = json.loads(stamp.read_text())
+        if previous != wanted:
+            raise InputError(
+                f"{run_dir} holds a run with other settings ({previous}); use another --work-dir"
+            )
+        return
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise InputError(f"{run_dir} holds a run the sweep did not stamp; use another --work-dir")
+    write_json_atomic(stamp, wanted)
+
+
 def _run_one(spec: SweepSpec, pre: dict, tr: dict, seed: int, timer: StageTimer) -> dict:
     seed_option = {"randomness.seed": seed}
     pre_name = f"{setting_name(pre)}_s{seed}"
     pre_dir = spec.work_dir / "pretrain" / pre_name
     pre_options = {**spec.cfg_options, **pre, **seed_option}
+    _claim(pre_dir, dict(config=str(spec.config), options=pre_options))
     setting = {**pre, **{f"transfer:{k}": v for k, v in tr.items()}}
     if not spec.chain:
         record = train_and_test(spec.config, pre_dir, pre_options, pre_name, timer)
@@ -140,6 +171,8 @@ def _run_one(spec: SweepSpec, pre: dict, tr: dict, seed: int, timer: StageTimer)
         return dict(setting=setting, seed=seed, metrics=metrics, run_dirs=[str(pre_dir)])
     tr_name = f"{setting_name(pre)}__{setting_name(tr)}_s{seed}"
     tr_dir = spec.work_dir / "transfer" / tr_name
+    tr_options = {**spec.transfer_options, **tr, **seed_option}
+    _claim(tr_dir, dict(config=str(spec.transfer_config), options=tr_options, pretrain=pre_name))
     chain = run_chain(
         spec.config,
         spec.transfer_config,
@@ -149,7 +182,7 @@ def _run_one(spec: SweepSpec, pre: dict, tr: dict, seed: int, timer: StageTimer)
         tr_name,
         timer,
         pretrain_options=pre_options,
-        transfer_options={**spec.transfer_options, **tr, **seed_option},
+        transfer_options=tr_options,
     )
     transfer = chain["transfer"]["metrics"]
     metrics = dict(

@@ -1,8 +1,9 @@
 """Reading checkpoints safely and loading them strictly, with one-line errors.
 
-Every checkpoint is read with ``torch.load(weights_only=True)`` (through mmengine's loader), so a
-file can never run code; a file that is not a readable checkpoint, or whose tensors do not fit
-the model key by key and shape by shape, raises :class:`CheckpointError` naming the problem.
+Every checkpoint is read with ``torch.load(weights_only=True)``, passed explicitly so that no
+environment setting can turn it off: a file can never run code. A file that is not a readable
+checkpoint, or whose tensors do not fit the model key by key and shape by shape, raises
+:class:`CheckpointError` naming the problem.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import zipfile
 from collections.abc import Iterable, Mapping
 
 import torch
-from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_with_prefix
 from torch import Tensor, nn
 
 from cmim_dense.utils.errors import InputError
@@ -45,16 +45,17 @@ def read_state_dict(path: str | os.PathLike, prefix: str | None = None) -> dict[
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    # Not mmengine's loaders: they call torch.load without weights_only, which
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 would turn into a loader that runs code.
     try:
-        if prefix:
-            state = _load_checkpoint_with_prefix(prefix, path, map_location="cpu")
-        else:
-            ckpt = _load_checkpoint(path, map_location="cpu")
-            state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else ckpt
-    except AssertionError as err:  # mmengine asserts that the prefix exists
-        raise CheckpointError(f"{path}: no weights under prefix {prefix!r}") from err
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from err
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else ckpt
+    if prefix and isinstance(state, Mapping):
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f"{path}: no weights under prefix {prefix!r}")
     if not isinstance(state, Mapping) or not state:
         raise CheckpointError(f"{path}: holds no state dict")
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]

@@ -10,7 +10,7 @@ crop_size = (120, 160)
 head = dict(
     in_channels=128,
     in_index=3,
-    channels=64,
+    channels=96,
     dilations=(1, 3, 6, 9),
     c1_in_channels=16,
     c1_channels=48,
@@ -57,7 +57,7 @@ test_dataloader = dict(
 val_dataloader = None
 val_evaluator = None
 val_cfg = None
-max_iters = 500
+max_iters = 600
 optim_wrapper = dict(
     _delete_=True, type="OptimWrapper", optimizer=dict(type="AdamW", lr=4e-3, weight_decay=1e-4)
 )

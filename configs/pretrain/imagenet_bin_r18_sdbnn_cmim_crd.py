@@ -1,4 +1,4 @@
 # imagenet sdbnn: CMIM as the public code implements it (CRD-style, see
-# configs/_base_/models/cmim_crd.py), lambda 3.2 as in the public code.
+# configs/_base_/models/cmim_crd.py), lambda 3.2, the public code's (CIFAR) value.
 _base_ = ["./imagenet_bin_r18_sdbnn_cmim.py", "../_base_/models/cmim_crd_imagenet.py"]
 model = dict(cmim_lambda=3.2, cmim={{_base_.crd_cmim}}, tap_mode="last")

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.binary.adabin import Maxout
 from cmim_dense.utils.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict
+from cmim_dense.utils.errors import InputError
 
 ARCH_SETTINGS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 STEM_STRIDES = {"imagenet": 4, "cifar": 1}
@@ -178,23 +179,23 @@ class BinaryResNet(BaseModule):
     ):
         if pretrained is not None:
             if init_cfg is not None:
-                raise ValueError("give either pretrained or init_cfg, not both")
+                raise InputError("give either pretrained or init_cfg, not both")
             init_cfg = dict(type="Pretrained", checkpoint=pretrained, prefix="backbone.")
         super().__init__(init_cfg=init_cfg)
         if depth not in ARCH_SETTINGS:
-            raise ValueError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
+            raise InputError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
         if block not in BLOCK_ACTIVATIONS:
-            raise ValueError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
+            raise InputError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
         if stem not in STEM_STRIDES:
-            raise ValueError(f"stem must be one of {sorted(STEM_STRIDES)}, got {stem!r}")
+            raise InputError(f"stem must be one of {sorted(STEM_STRIDES)}, got {stem!r}")
         if output_stride is not None:
             if output_stride not in OUTPUT_STRIDES:
-                raise ValueError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
+                raise InputError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
             strides, dilations = OUTPUT_STRIDES[output_stride]
         if len(strides) != 4 or len(dilations) != 4:
-            raise ValueError("strides and dilations need one value per stage (4)")
+            raise InputError("strides and dilations need one value per stage (4)")
         if not all(0 <= i < 4 for i in out_indices):
-            raise ValueError(f"out_indices must be in 0..3, got {tuple(out_indices)}")
+            raise InputError(f"out_indices must be in 0..3, got {tuple(out_indices)}")
         self.depth = depth
         self.out_indices = tuple(out_indices)
         self.channels = tuple(base_channels * 2**i for i in range(4))
@@ -283,7 +284,7 @@ class BinaryResNet(BaseModule):
                 [m for m in stage.modules() if isinstance(m, BinaryConv2d)][-1]
                 for stage in self.stages
             ]
-        raise ValueError(f"tap mode must be 'stage', 'all' or 'last', got {mode!r}")
+        raise InputError(f"tap mode must be 'stage', 'all' or 'last', got {mode!r}")
 
     # -- forward (timm's contract) -----------------------------------------------------------
     def forward_intermediates(
@@ -298,7 +299,7 @@ class BinaryResNet(BaseModule):
         """(N, 3, H, W) -> the stage outputs at ``indices`` (timm: an int n means the last n),
         and, unless ``intermediates_only``, the final feature map (N, C, h, w) too."""
         if output_fmt != "NCHW":
-            raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
+            raise InputError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
         take = _stage_indices(indices, len(self.stages))
         x = self.stem(x)
         intermediates = []
@@ -363,7 +364,7 @@ def _stage_indices(indices: int | Sequence[int] | None, num_stages: int) -> list
         return list(range(num_stages - indices, num_stages))
     take = [i % num_stages if i < 0 else i for i in indices]
     if not all(0 <= i < num_stages for i in take):
-        raise ValueError(f"stage indices must be in 0..{num_stages - 1}, got {list(indices)}")
+        raise InputError(f"stage indices must be in 0..{num_stages - 1}, got {list(indices)}")
     return take
 
 

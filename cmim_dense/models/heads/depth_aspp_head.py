@@ -9,6 +9,7 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from cmim_dense.models.heads.decode_losses import decode_losses
+from cmim_dense.utils.errors import InputError
 
 
 class _DepthRegressionMixin:
@@ -21,7 +22,7 @@ class _DepthRegressionMixin:
 
     def _init_depth(self, max_depth: float) -> None:
         if self.out_channels != 1:
-            raise ValueError(f"a depth head has one output channel, got {self.out_channels}")
+            raise InputError(f"a depth head has one output channel, got {self.out_channels}")
         self.max_depth = max_depth
 
     def forward(self, inputs: tuple[Tensor, ...]) -> Tensor:

@@ -145,7 +145,9 @@ def generate_synth_nyud(
     return paths
 
 
-def preview_image(frames: Sequence[SynthFrame], width: int = 200, max_depth: float = 6.0):
+def preview_image(
+    frames: Sequence[SynthFrame], width: int = 200, max_depth: float = 6.0
+) -> np.ndarray:
     """RGB (rows * h, 3 * width, 3) uint8, one row per frame: rgb | NYU40 labels | depth.
 
     Labels and depth use the colours of the evaluation pictures
@@ -167,7 +169,11 @@ def preview_image(frames: Sequence[SynthFrame], width: int = 200, max_depth: flo
 
 
 def save_preview(
-    path: str | Path, seed: int = 0, frames: int = 4, size=(240, 320), width: int = 200
+    path: str | Path,
+    seed: int = 0,
+    frames: int = 4,
+    size: tuple[int, int] = (240, 320),
+    width: int = 200,
 ) -> Path:
     """Render ``frames`` frames and save :func:`preview_image` of them as a PNG at ``path``."""
     image = preview_image([render_frame(seed, i, size) for i in range(frames)], width)

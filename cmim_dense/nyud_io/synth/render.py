@@ -80,7 +80,9 @@ def _slab(box: Box, origin: np.ndarray, dx, dy, dz) -> tuple[np.ndarray, np.ndar
     return near, far
 
 
-def ray_cast(scene: Scene, pos, rot, fx, h, w):
+def ray_cast(
+    scene: Scene, pos: np.ndarray, rot: np.ndarray, fx: float, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pixel: hit distance along the ray (= z-depth, since rays have unit camera z), the hit
     surface (-1..-6: room faces x0, x1, floor, ceiling, z0, z1; >= 0: box index) and the ray
     directions (H, W, 3)."""

@@ -1,6 +1,7 @@
 # CMIM paper, CIFAR: 400 epochs, batch 256, SGD momentum 0.9, wd 1e-4, lr 0.1, cosine.
 # Gradient clipping (total norm 5): with SGD at lr 0.1 the literal CMIM loss (an unnormalised
-# critic summed over every negative) drove the activations' scale up and diverged in our runs.
+# critic summed over every negative) drives the activations' scale up and diverges; see the
+# README's CMIM section.
 optim_wrapper = dict(
     type="OptimWrapper",
     optimizer=dict(type="SGD", lr=0.1, momentum=0.9, weight_decay=1e-4),
