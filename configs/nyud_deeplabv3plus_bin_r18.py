@@ -3,6 +3,6 @@
 _base_ = ["./nyud_deeplab_bin_r18.py"]
 v3plus = dict(in_index=3, c1_in_channels=64, c1_channels=48)
 model = dict(
-    seg_head=dict(type="DepthwiseSeparableASPPHead", **v3plus),
+    seg_head=dict(type="SegDepthwiseSeparableASPPHead", **v3plus),
     depth_head=dict(type="DepthDepthwiseSeparableASPPHead", **v3plus),
 )

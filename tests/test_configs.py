@@ -168,8 +168,8 @@ def test_full_size_nyud_config_trains_two_iterations(synth_nyud_tree, tmp_path):
         math.isfinite(r["seg.loss_ce"]) and math.isfinite(r["depth.loss_silog"]) for r in records
     )
     state = _load_checkpoint(str(work_dir / "iter_2.pth"))["state_dict"]
-    # the full-size model: ResNet-18 widths, 256-channel ASPP, 40 classes
+    # the full-size model: ResNet-18 widths, 128-channel ASPP (mmseg's ResNet-18 width), 40 classes
     assert state["backbone.stages.3.1.1.conv.weight"].shape == (512, 512, 3, 3)
-    assert state["seg_head.bottleneck.conv.weight"].shape[:2] == (256, 5 * 256)
+    assert state["seg_head.bottleneck.conv.weight"].shape[:2] == (128, 5 * 128)
     assert state["seg_head.conv_seg.weight"].shape[0] == 40
     assert state["depth_head.conv_seg.weight"].shape[0] == 1

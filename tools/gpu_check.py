@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-STAGES = ("pretrain", "transfer", "nccl", "agreement")
+from cmim_dense.engine.gpu_check import JSON_NAME, MD_NAME, STAGES, run_gpu_check
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,13 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # Checked before importing the project (mmseg and friends), so the answer is one line.
     if not torch.cuda.is_available():
         print("error: no CUDA device: the GPU check needs one", file=sys.stderr)
         return 2
-    import cmim_dense  # noqa: F401  (shims and registries)
-    from cmim_dense.engine.gpu_check import JSON_NAME, MD_NAME, run_gpu_check
-
     figures = run_gpu_check(
         args.out,
         stages=args.stages,

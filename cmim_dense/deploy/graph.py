@@ -111,6 +111,13 @@ def binary_conv_integer(x: Node, folded: FoldedBinaryConv, ones_kernel: bool = F
     With ``ones_kernel`` an extra output channel with an all-ones kernel is appended (Y_1 + C_1,
     for AdaBin's offset terms): (N, C_out + 1, H', W').
     """
+    return _binary_conv_and_border(x, folded, ones_kernel)[0]
+
+
+def _binary_conv_and_border(
+    x: Node, folded: FoldedBinaryConv, ones_kernel: bool
+) -> tuple[Node, Node]:
+    """(Y + C_s, C_s) of :func:`binary_conv_integer`: the result and its border map."""
     u = _binary_input(x, folded)
     bits = folded.bits
     tap_sums = folded.tap_sums()
@@ -141,22 +148,24 @@ def binary_conv_integer(x: Node, folded: FoldedBinaryConv, ones_kernel: bool = F
     ).output(0)
     if extra:
         y = ops.subtract(y, _const(float(extra * np.prod(bits.shape[2:])))).output(0)
-    return ops.add(y, _border_map(x, folded, tap_sums)).output(0)
+    border = _border_map(x, folded, tap_sums)
+    return ops.add(y, border).output(0), border
 
 
 def binary_layer_output(x: Node, folded: FoldedBinaryConv) -> Node:
     """conv_{pad 0}(a_B, W_B) of PyTorch as an xnor-popcount conv plus float ops."""
     gamma, delta = folded.act_scale, folded.act_offset
     with_offsets = bool(folded.weight_offset.any())
-    y = binary_conv_integer(x, folded, ones_kernel=with_offsets)
+    y, border = _binary_conv_and_border(x, folded, ones_kernel=with_offsets)
     c_out = folded.bits.shape[0]
     if with_offsets:
         parts = ops.variadic_split(y, _int(1), _int([c_out, 1]))
         y, y_ones = parts.output(0), parts.output(1)
+        borders = ops.variadic_split(border, _int(1), _int([c_out, 1]))
+        border, border_ones = borders.output(0), borders.output(1)
     out = y if gamma == 1.0 else ops.multiply(y, _const(gamma)).output(0)
     if delta != 0.0:
         # delta * (S - C_s) = delta * (S - (Y + C_s) + Y): C_s alone is the border map.
-        border = _border_map(x, folded, folded.tap_sums())
         sums = _channel(folded.signs.reshape(c_out, -1).sum(1))
         out = ops.add(out, ops.multiply(ops.subtract(sums, border), _const(delta))).output(0)
     out = ops.multiply(out, _channel(folded.weight_scale)).output(0)
@@ -164,9 +173,6 @@ def binary_layer_output(x: Node, folded: FoldedBinaryConv) -> Node:
         taps = float(np.prod(folded.bits.shape[1:]))
         ones = y_ones if gamma == 1.0 else ops.multiply(y_ones, _const(gamma)).output(0)
         if delta != 0.0:
-            border_ones = _border_map(
-                x, folded, np.full((1, 1, *folded.bits.shape[2:]), folded.bits.shape[1], np.float32)
-            )
             valid = ops.subtract(_const(taps), border_ones)
             ones = ops.add(ones, ops.multiply(valid, _const(delta))).output(0)
         out = ops.add(out, ops.multiply(ones, _channel(folded.weight_offset))).output(0)

@@ -1,5 +1,5 @@
 # CMIM paper, CIFAR-100: binary ResNet-18 (AdaBin sets {beta -/+ alpha}, Maxout after each
-# residual add) + CMIM, lambda 0.05. AdaBin's public CIFAR recipe is this schedule already:
+# residual add) + CMIM, lambda 2.5e-5. AdaBin's public CIFAR recipe is this schedule already:
 # SGD lr 0.1, momentum 0.9, wd 1e-4, cosine, 400 epochs.
 _base_ = [
     "../_base_/models/bin_r18_cls.py",
@@ -10,5 +10,5 @@ _base_ = [
 model = dict(
     backbone=dict(binarizer="adabin", block="adabin", stem="cifar"),
     num_classes=100,
-    cmim_lambda=0.05,
+    cmim_lambda=2.5e-5,
 )

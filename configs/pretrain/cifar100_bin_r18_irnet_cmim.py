@@ -1,8 +1,8 @@
-# CMIM paper, CIFAR-100: binary ResNet-18 (IR-Net) + CMIM, lambda 0.05, 400 epochs.
+# CMIM paper, CIFAR-100: binary ResNet-18 (IR-Net) + CMIM, lambda 2.5e-5, 400 epochs.
 _base_ = [
     "../_base_/models/bin_r18_cls.py",
     "../_base_/datasets/cifar100.py",
     "../_base_/schedules/cifar_400e.py",
     "../_base_/default_runtime.py",
 ]
-model = dict(backbone=dict(stem="cifar"), num_classes=100, cmim_lambda=0.05)
+model = dict(backbone=dict(stem="cifar"), num_classes=100, cmim_lambda=2.5e-5)

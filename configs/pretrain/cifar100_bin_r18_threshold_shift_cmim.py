@@ -1,5 +1,5 @@
 # CMIM paper, CIFAR-100: binary ResNet-18 with unbalanced activations (Kim et al. 2021):
-# Bi-Real with the sign threshold shifted, sign(a - theta), + CMIM, lambda 0.05.
+# Bi-Real with the sign threshold shifted, sign(a - theta), + CMIM, lambda 2.5e-5.
 # The paper sweeps fixed shifts and gives no single default; theta = 0.2 (more -1 than +1) is
 # our pick: sweep it with --cfg-options model.backbone.binarizer.theta=VALUE.
 _base_ = [
@@ -14,5 +14,5 @@ model = dict(
         stem="cifar",
     ),
     num_classes=100,
-    cmim_lambda=0.05,
+    cmim_lambda=2.5e-5,
 )

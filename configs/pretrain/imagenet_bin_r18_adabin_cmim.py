@@ -7,5 +7,7 @@ _base_ = [
     "../_base_/schedules/imagenet_100e.py",
     "../_base_/default_runtime.py",
 ]
-model = dict(backbone=dict(binarizer="adabin", block="adabin"), num_classes=1000, cmim_lambda=0.05)
+model = dict(
+    backbone=dict(binarizer="adabin", block="adabin"), num_classes=1000, cmim_lambda=2.5e-5
+)
 optim_wrapper = dict(optimizer=dict(weight_decay=1e-5))

@@ -5,4 +5,4 @@ _base_ = [
     "../_base_/schedules/imagenet_100e.py",
     "../_base_/default_runtime.py",
 ]
-model = dict(backbone=dict(binarizer="bireal"), num_classes=1000, cmim_lambda=0.05)
+model = dict(backbone=dict(binarizer="bireal"), num_classes=1000, cmim_lambda=2.5e-5)

@@ -8,7 +8,7 @@ _base_ = [
     "../_base_/schedules/imagenet_100e.py",
     "../_base_/default_runtime.py",
 ]
-model = dict(backbone=dict(binarizer="rbnn"), num_classes=1000, cmim_lambda=0.05)
+model = dict(backbone=dict(binarizer="rbnn"), num_classes=1000, cmim_lambda=2.5e-5)
 custom_hooks = [
     dict(type="BinarizerProgressHook", interval=100),
     dict(type="NumClassesCheckHook"),

@@ -24,7 +24,7 @@ model = dict(
     type="S2BNNClassifier",
     backbone=dict(binarizer="react", block="react"),
     num_classes=128,
-    cmim_lambda=0.05,
+    cmim_lambda=2.5e-5,
     teacher=dict(
         arch="resnet50",
         checkpoint="data/teachers/resnet50_ssl.pth",

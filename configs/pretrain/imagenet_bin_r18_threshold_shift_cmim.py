@@ -11,5 +11,5 @@ _base_ = [
 model = dict(
     backbone=dict(binarizer=dict(_delete_=True, type="threshold_shift", base="bireal", theta=0.2)),
     num_classes=1000,
-    cmim_lambda=0.05,
+    cmim_lambda=2.5e-5,
 )

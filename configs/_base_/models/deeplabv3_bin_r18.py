@@ -1,5 +1,7 @@
 # DeepLabV3 (ASPP) heads on a frozen binary ResNet-18 at output stride 8, both NYUD tasks.
-# SyncBN in the heads becomes BN when not distributed (the Runner reverts it).
+# SyncBN in the heads becomes BN when not distributed (the Runner reverts it). The heads are
+# 128 channels wide, mmseg's own width for ResNet-18 DeepLabV3/FCN configs (the paper gives
+# none); the seg head is mmseg's ASPPHead without the per-step training accuracy.
 norm_cfg = dict(type="SyncBN", requires_grad=True)
 data_preprocessor = dict(
     type="DenseDataPreProcessor",
@@ -24,10 +26,10 @@ model = dict(
         pretrained=None,
     ),
     seg_head=dict(
-        type="ASPPHead",
+        type="SegASPPHead",
         in_channels=512,
         in_index=3,
-        channels=256,
+        channels=128,
         dilations=(1, 12, 24, 36),
         dropout_ratio=0.1,
         num_classes=40,
@@ -41,7 +43,7 @@ model = dict(
         type="DepthASPPHead",
         in_channels=512,
         in_index=3,
-        channels=256,
+        channels=128,
         dilations=(1, 12, 24, 36),
         dropout_ratio=0.1,
         max_depth=10.0,
