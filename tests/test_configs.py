@@ -137,8 +137,7 @@ def _small_input_options(data_root: Path, size: tuple[int, int]) -> list[str]:
     test = cfg.test_dataloader.dataset.pipeline
     options = [f"{split}_dataloader.dataset.data_root={data_root}" for split in ("train", "val")]
     options += [
-        f"train_dataloader.dataset.pipeline.{_index(train, 'RandomResizeDepth')}.scale=({w},{h})",
-        f"train_dataloader.dataset.pipeline.{_index(train, 'RandomCrop')}.crop_size=({h},{w})",
+        f"train_dataloader.dataset.pipeline.{_index(train, 'Resize')}.scale=({w},{h})",
         f"val_dataloader.dataset.pipeline.{_index(test, 'Resize')}.scale=({w},{h})",
         f"model.data_preprocessor.size=({h},{w})",
     ]

@@ -1,6 +1,7 @@
-"""The NYUD training pipeline keeps image, segmentation and depth aligned through random scale,
-crop and flip, rescales depth with the image (RandomResizeDepth), and its batches are padded
-(by the model's DenseDataPreProcessor) with 255 for segmentation and 0 for depth."""
+"""The NYUD training pipelines keep image, segmentation and depth aligned: the main config's
+(resize and flip) and the scale-augmented one's (random scale, crop and flip, with depth
+rescaled by RandomResizeDepth). Batches are padded by the model's DenseDataPreProcessor with 255
+for segmentation and 0 for depth."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from cmim_dense.datasets import RandomResizeDepth
 from cmim_dense.utils.errors import InputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-CONFIG = CONFIGS / "_base_" / "datasets" / "nyud.py"
-MAIN_CONFIG = CONFIGS / "nyud_deeplab_bin_r18.py"  # the dataset above with the model's batching
+MAIN_CONFIG = CONFIGS / "nyud_deeplab_bin_r18.py"
+SCALE_CONFIG = CONFIGS / "nyud_deeplab_bin_r18_scale_aug.py"
 H, W, ROWS, COLS = 480, 640, 8, 8
 
 
@@ -52,9 +53,9 @@ def tree(tmp_path_factory) -> Path:
     return root
 
 
-def _train_dataset(root: Path):
+def _train_dataset(root: Path, config: Path = SCALE_CONFIG):
     init_default_scope("mmseg")
-    cfg = Config.fromfile(CONFIG).train_dataloader.dataset
+    cfg = Config.fromfile(config).train_dataloader.dataset
     # photometric distortion would change the colour code; everything geometric stays
     cfg.pipeline = [t for t in cfg.pipeline if t.type != "PhotoMetricDistortion"]
     cfg.data_root = str(root)
@@ -80,8 +81,28 @@ def _check_alignment(img: np.ndarray, seg: np.ndarray, depth: np.ndarray, scale:
     np.testing.assert_allclose(depth[inside], want_depth, rtol=1e-6, atol=0)
 
 
-def test_training_batches_keep_alignment_rescale_depth_and_pad(tree: Path) -> None:
-    main = Config.fromfile(MAIN_CONFIG)
+def test_main_pipeline_keeps_alignment_without_rescaling_depth(tree: Path) -> None:
+    """The main config trains without random scale (README, transfer protocol): every sample
+    is the whole frame at 480x640, flipped or not, with depth in metres unchanged."""
+    dataset = _train_dataset(tree, MAIN_CONFIG)
+    flips = set()
+    for seed in range(8):
+        np.random.seed(seed)
+        random.seed(seed)
+        sample = dataset[0]
+        meta = sample["data_samples"].metainfo
+        img = sample["inputs"].numpy()
+        seg = sample["data_samples"].gt_sem_seg.data.numpy()[0].astype(np.uint8)
+        depth = sample["data_samples"].gt_depth_map.data.numpy()[0]
+        assert img.shape[1:] == seg.shape == depth.shape == (H, W)
+        assert meta["scale_factor"] == (1.0, 1.0)
+        flips.add(bool(meta["flip"]))
+        _check_alignment(img, seg, depth, 1.0)
+    assert flips == {True, False}
+
+
+def test_scale_augmented_batches_keep_alignment_rescale_depth_and_pad(tree: Path) -> None:
+    main = Config.fromfile(SCALE_CONFIG)
     crop_h, crop_w = main.crop_size
     assert tuple(main.model.data_preprocessor.size) == (crop_h, crop_w)
     preprocessor = MODELS.build(main.model.data_preprocessor)
@@ -163,11 +184,16 @@ def test_random_resize_depth_needs_keep_ratio() -> None:
         RandomResizeDepth(scale=(12, 8), ratio_range=(0.5, 2.0), keep_ratio=False)
 
 
-def test_nyud_pipeline_uses_random_resize_depth() -> None:
-    pipeline = Config.fromfile(CONFIG).train_pipeline
+@pytest.mark.parametrize(
+    ("config", "resize"), [(MAIN_CONFIG, "Resize"), (SCALE_CONFIG, "RandomResizeDepth")]
+)
+def test_nyud_configs_rescale_depth_whenever_they_rescale_at_random(config, resize) -> None:
+    pipeline = Config.fromfile(config).train_dataloader.dataset.pipeline
     (step,) = [t for t in pipeline if "Resize" in t.type]
-    assert step.type == "RandomResizeDepth" and tuple(step.ratio_range) == (0.5, 2.0)
-    assert isinstance(TRANSFORMS.build(step), RandomResizeDepth)
+    assert step.type == resize
+    if resize == "RandomResizeDepth":
+        assert tuple(step.ratio_range) == (0.5, 2.0)
+        assert isinstance(TRANSFORMS.build(step), RandomResizeDepth)
 
 
 def test_mmseg_batch_padding_would_fill_depth_with_255() -> None:
@@ -181,7 +207,7 @@ def test_mmseg_batch_padding_would_fill_depth_with_255() -> None:
 
 def test_test_pipeline_keeps_full_resolution_ground_truth(tree: Path) -> None:
     init_default_scope("mmseg")
-    cfg = Config.fromfile(CONFIG).val_dataloader.dataset
+    cfg = Config.fromfile(MAIN_CONFIG).val_dataloader.dataset
     cfg.update(data_root=str(tree), data_prefix=cfg.data_prefix)
     cfg.data_prefix.update(
         img_path="images/train", seg_map_path="annotations/train", depth_map_path="depth/train"

@@ -1,9 +1,10 @@
 # Demo transfer: the main job at demo scale, on the synthetic NYUD-format set: the narrow
 # backbone of configs/demo/pretrain_crops.py, frozen, with DeepLabV3+ heads (ASPP + the
 # stride-4 stage-1 features), frames at 120x160, an L1 depth loss, and AdamW instead of the
-# paper's slow SGD 0.001 so that it converges in a few CPU minutes. Training uses flips only:
-# random rescaling changes the apparent distance without changing the depth labels, and cost
-# both mIoU and RMSE here. There is no validation loop; tools/demo.py evaluates with test.py.
+# paper's slow SGD 0.001 so that it converges in a few CPU minutes. Training uses flips only,
+# like the main config: random rescaling, even with the depth rescaled by 1/s, cost both mIoU
+# and RMSE here (README, transfer protocol). There is no validation loop; tools/demo.py
+# evaluates with test.py.
 _base_ = ["../nyud_deeplab_bin_r18.py"]
 data_root = "data/synth_nyud/nyud"
 crop_size = (120, 160)
