@@ -195,9 +195,7 @@ def test_s2bnn_trains_without_labels_and_leaves_the_teacher_alone(tmp_path):
     )
     assert "loss_cls" not in rows[0] and rows[0]["loss_cmim"] != 0
     first, last = _first_last(rows, "loss_distill")
-    assert last < first, f"loss_distill {first:.4f} -> {last:.4f}"
-    first, last = _first_last(rows, "loss")
-    assert last < 0.8 * first, f"loss {first:.3f} -> {last:.3f}"
+    assert last < 0.95 * first, f"loss_distill {first:.4f} -> {last:.4f}"
 
     state = torch.load(tmp_path / "work" / f"iter_{ITERS}.pth", map_location="cpu")["state_dict"]
     teacher = {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}
