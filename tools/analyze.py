@@ -18,10 +18,8 @@ nothing and exits 2.
 import argparse
 import sys
 
-from mmengine.config import DictAction
-
 import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.cli import run_tool
+from cmim_dense.engine.cli import add_cfg_options, run_tool
 from cmim_dense.evaluation.analysis import BATCH_SIZE, analyze
 
 
@@ -53,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=BATCH_SIZE,
         help=f"images per forward and per Eq. 9 estimate (default {BATCH_SIZE})",
     )
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys")
+    add_cfg_options(parser)
     return parser.parse_args(argv)
 
 
