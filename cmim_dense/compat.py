@@ -14,15 +14,18 @@
    partial ``iter_N.pth`` under its final name, which ``--resume`` would then pick. Its local
    file backend now writes to a temporary file in the same folder and renames it into place.
 
-:func:`apply` is idempotent and runs when ``cmim_dense`` is imported.
+:func:`install_mmcv_ext_stub` runs when ``cmim_dense`` is imported, so that mmseg can be
+imported after it; :func:`apply` (all three, idempotent) runs when :mod:`cmim_dense.registry`
+is imported, which mmengine does before it builds anything in the project's scope.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.machinery
+import importlib.util
 import sys
 import types
+from pathlib import Path
 
 _applied = False
 
@@ -48,15 +51,23 @@ def _stub_getattr(name: str):
     return _missing_op(name)
 
 
+def _has_compiled_mmcv() -> bool:
+    """Whether mmcv's compiled ``_ext`` is installed, found without importing mmcv (slow)."""
+    spec = importlib.util.find_spec("mmcv")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return any(
+        path.name.startswith("_ext") and path.name.endswith(suffixes)
+        for folder in spec.submodule_search_locations
+        for path in Path(folder).iterdir()
+    )
+
+
 def install_mmcv_ext_stub() -> bool:
     """Register a stub ``mmcv._ext`` if the compiled one is absent. Returns True if installed."""
-    if "mmcv._ext" in sys.modules:
+    if "mmcv._ext" in sys.modules or _has_compiled_mmcv():
         return False
-    try:
-        importlib.import_module("mmcv._ext")
-        return False
-    except ImportError:
-        pass
     stub = types.ModuleType("mmcv._ext")
     stub.__doc__ = "Stub installed by cmim_dense.compat: mmcv-lite has no compiled ops."
     stub.__getattr__ = _stub_getattr  # PEP 562: every op name resolves to a raising function

@@ -6,19 +6,19 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-import cmim_dense  # noqa: F401  (shims and registries before any test imports mmseg)
+import cmim_dense.registry  # noqa: F401  (shims before any test imports mmseg)
 from cmim_dense.nyud_io.convert import prepare_nyud
 from cmim_dense.nyud_io.synth import generate_synth_nyud
 
 
 @pytest.fixture(autouse=True)
-def mmseg_default_scope():
-    """Every project config runs with ``default_scope='mmseg'``; so does every test.
+def project_default_scope():
+    """Every project config runs with ``default_scope='cmim_dense'``; so does every test.
 
     A Runner built by an earlier test leaves its own default scope current, which would
     make later registry builds look in the wrong registry.
     """
-    init_default_scope("mmseg")
+    init_default_scope("cmim_dense")
     yield
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from _data_writers import write_pattern_folder
-from mmseg.registry import DATASETS, MODELS
 from torch import nn
 
 from cmim_dense.binary import ActivationTaps, BinaryConv2d
@@ -24,6 +23,7 @@ from cmim_dense.evaluation.analysis import (
     flip_rate,
     select_images,
 )
+from cmim_dense.registry import DATASETS, MODELS
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

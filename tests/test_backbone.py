@@ -3,12 +3,12 @@
 import pytest
 import timm
 import torch
-from mmseg.registry import MODELS
 from torch import nn
 
 import cmim_dense  # noqa: F401  (registers the backbone)
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.models import BinaryImageClassifier, BinaryResNet, MultiTaskDense
+from cmim_dense.registry import MODELS
 from cmim_dense.utils.checkpoint import CheckpointError
 
 # Expected (channels, spatial size) of the four stages for a 64x64 input.

@@ -8,7 +8,6 @@ import pytest
 import torch
 from _data_writers import cifar_batch, dump_cifar_pickle, write_cifar10
 from mmengine.dataset import default_collate
-from mmseg.registry import DATASETS, METRICS
 from PIL import Image
 
 import cmim_dense  # noqa: F401  (shims before mmseg)
@@ -21,6 +20,7 @@ from cmim_dense.datasets.classification import (
     ImageFolderClassification,
 )
 from cmim_dense.evaluation.classification import TopKAccuracy
+from cmim_dense.registry import DATASETS, METRICS
 from cmim_dense.utils.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

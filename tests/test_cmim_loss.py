@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmseg.registry import MODELS
 
 import cmim_dense  # noqa: F401  (shims before mmseg)
 from cmim_dense.losses.cmim import (
@@ -21,6 +20,7 @@ from cmim_dense.losses.cmim import (
     mi_lower_bound,
     nce_objective,
 )
+from cmim_dense.registry import MODELS
 
 # Paper's "activation flip" example: a_F^1, a_F^2 and their binary anchors.
 A_F = torch.tensor([[0.3, -0.4, -0.6], [0.6, -0.9, 0.7]], dtype=torch.float64)

@@ -18,7 +18,9 @@ from mmengine.config import Config
 from mmengine.model import BaseModel, revert_sync_batchnorm
 from mmengine.registry import FUNCTIONS
 from mmengine.runner.checkpoint import _load_checkpoint
-from mmseg.registry import (
+from torch import nn
+
+from cmim_dense.registry import (
     DATA_SAMPLERS,
     DATASETS,
     HOOKS,
@@ -30,7 +32,6 @@ from mmseg.registry import (
     PARAM_SCHEDULERS,
     TRANSFORMS,
 )
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -109,7 +110,7 @@ def _check_registered(cfg: Config) -> None:
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_config_loads_and_builds(path: Path, teacher_file):
     cfg = Config.fromfile(path)
-    assert cfg.default_scope == "mmseg"
+    assert cfg.default_scope == "cmim_dense"
     _check_registered(cfg)
     teacher = cfg.model.get("teacher")
     if teacher:  # the real teacher file is data, like the datasets: a stand-in of its layout

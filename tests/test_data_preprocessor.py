@@ -10,10 +10,10 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.structures import PixelData
-from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from cmim_dense.models.data_preprocessor import DenseDataPreProcessor
+from cmim_dense.registry import MODELS
 
 MODEL_CONFIG = (
     Path(__file__).resolve().parents[1] / "configs" / "_base_" / "models" / "deeplabv3_bin_r18.py"

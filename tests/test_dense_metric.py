@@ -8,11 +8,11 @@ import pytest
 import torch
 from mmengine.evaluator import Evaluator
 from mmengine.structures import PixelData
-from mmseg.registry import METRICS
 from mmseg.structures import SegDataSample
 
 import cmim_dense  # noqa: F401  (shims before mmseg)
 from cmim_dense.evaluation import DenseMetric
+from cmim_dense.registry import METRICS
 
 CLASSES = ("a", "b", "c", "d")
 

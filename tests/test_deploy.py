@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _binary_helpers import METHODS, block_of, trained_like
-from mmseg.registry import MODELS
 from torch import nn
 
 from cmim_dense.binary import BINARIZERS, Binarizer, BinaryConv2d, hard_sign
@@ -29,6 +28,7 @@ from cmim_dense.deploy.graph import BackboneGraph, binary_conv_integer, packed_b
 from cmim_dense.deploy.runtime import OpenVINOBackbone
 from cmim_dense.engine.config import load_config
 from cmim_dense.models import BinaryResNet, MultiTaskDense
+from cmim_dense.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mmseg.registry import MODELS
 
 import cmim_dense  # noqa: F401  (shims before mmseg)
 from cmim_dense.losses.distill import DistributionLoss
+from cmim_dense.registry import MODELS
 
 
 def test_hand_values():

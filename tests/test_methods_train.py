@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from _data_writers import cifar_batch, dump_cifar_pickle, write_pattern_folder
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
-from mmseg.registry import DATASETS, MODELS
 
-import cmim_dense
+from cmim_dense.binary import list_binarizers
 from cmim_dense.binary.lns import lns_noisy_label_loss
 from cmim_dense.models.s2bnn import info_nce_loss
+from cmim_dense.registry import DATASETS, MODELS
 from cmim_dense.utils.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def _first_last(rows: list[dict], key: str, k: int = 6) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(cmim_dense.list_binarizers()))
+@pytest.mark.parametrize("method", sorted(list_binarizers()))
 def test_every_binarizer_trains_with_cmim(tmp_path, method):
     data = tmp_path / "cifar100"
     _write_cifar100(data)
@@ -364,4 +364,4 @@ def test_s2bnn_configs_are_label_free():
 
 
 def test_every_registered_binarizer_is_listed():
-    assert set(METHODS) | set(SWAPPED) == set(cmim_dense.list_binarizers())
+    assert set(METHODS) | set(SWAPPED) == set(list_binarizers())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cmim_dense.datasets.nyud import NYUD13_CLASSES, NYUD13_FROM_40, NYUD40_CLASSES
+from cmim_dense.nyud_io.classes import NYUD13_CLASSES, NYUD13_FROM_40, NYUD40_CLASSES
 from cmim_dense.nyud_io.convert import prepare_nyud
 from cmim_dense.nyud_io.mat import (
     LabeledMatReader,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmseg.registry import DATASETS
 
-from cmim_dense.datasets.nyud import NYUD13_FROM_40
+from cmim_dense.nyud_io.classes import NYUD13_FROM_40
 from cmim_dense.nyud_io.convert import class_lut, prepare_nyud
 from cmim_dense.nyud_io.synth import generate_synth_nyud, render_frame, synth_map_class
+from cmim_dense.registry import DATASETS
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "_base_" / "datasets" / "nyud.py"
 SEED, FRAMES, SIZE = 4, 5, (480, 640)  # the real size, so the test pipeline's Resize is a no-op
@@ -25,7 +25,7 @@ def raw(tmp_path_factory):
 
 
 def _build(data_root: Path, dataset_type: str = "NYUDv2Dataset"):
-    init_default_scope("mmseg")
+    init_default_scope("cmim_dense")
     cfg = Config.fromfile(CONFIG).val_dataloader.dataset
     cfg.update(type=dataset_type, data_root=str(data_root))
     return DATASETS.build(cfg)
@@ -66,7 +66,7 @@ def test_round_trip_exact(raw, tmp_path: Path, classes: int) -> None:
 def test_train_split_loads_with_crop_size(raw, tmp_path: Path) -> None:
     out = tmp_path / "nyud"
     prepare_nyud(raw.labeled, raw.splits, raw.mapping, out, progress=False)
-    init_default_scope("mmseg")
+    init_default_scope("cmim_dense")
     cfg = Config.fromfile(CONFIG).train_dataloader.dataset
     cfg.data_root = str(out)
     dataset = DATASETS.build(cfg)

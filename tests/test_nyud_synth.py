@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cmim_dense.datasets.nyud import NYUD40_CLASSES
+from cmim_dense.evaluation.visualize import save_synth_preview
 from cmim_dense.nyud_io import synth
+from cmim_dense.nyud_io.classes import NYUD40_CLASSES
 from cmim_dense.nyud_io.mat import LabeledMatReader, load_class_mapping, load_splits
 from cmim_dense.nyud_io.synth.render import ray_cast
 from cmim_dense.nyud_io.synth.scene import Box, Scene, SceneObject
@@ -115,7 +116,7 @@ def test_first_frames_do_not_depend_on_the_frame_count(tmp_path: Path) -> None:
 
 
 def test_preview_png(tmp_path: Path) -> None:
-    path = synth.save_preview(tmp_path / "p.png", seed=0, frames=2, size=(60, 80), width=80)
+    path = save_synth_preview(tmp_path / "p.png", seed=0, frames=2, size=(60, 80), width=80)
     image = cv2.imread(str(path))
     assert image.shape == (2 * 60, 3 * 80, 3)
 

@@ -16,11 +16,11 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
-from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
 from mmseg.utils import stack_batch
 
 from cmim_dense.datasets import RandomResizeDepth
+from cmim_dense.registry import DATASETS, MODELS, TRANSFORMS
 from cmim_dense.utils.errors import InputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -54,7 +54,7 @@ def tree(tmp_path_factory) -> Path:
 
 
 def _train_dataset(root: Path, config: Path = SCALE_CONFIG):
-    init_default_scope("mmseg")
+    init_default_scope("cmim_dense")
     cfg = Config.fromfile(config).train_dataloader.dataset
     # photometric distortion would change the colour code; everything geometric stays
     cfg.pipeline = [t for t in cfg.pipeline if t.type != "PhotoMetricDistortion"]
@@ -206,7 +206,7 @@ def test_mmseg_batch_padding_would_fill_depth_with_255() -> None:
 
 
 def test_test_pipeline_keeps_full_resolution_ground_truth(tree: Path) -> None:
-    init_default_scope("mmseg")
+    init_default_scope("cmim_dense")
     cfg = Config.fromfile(MAIN_CONFIG).val_dataloader.dataset
     cfg.update(data_root=str(tree), data_prefix=cfg.data_prefix)
     cfg.data_prefix.update(

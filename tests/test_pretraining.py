@@ -23,13 +23,12 @@ from _data_writers import write_cifar10, write_pattern_folder
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper
-from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import _load_checkpoint
-from mmseg.registry import MODELS
 
 from cmim_dense.engine.distributed import init_cpu_distributed
 from cmim_dense.evaluation.report import read_run_metrics
 from cmim_dense.models.backbones.bin_resnet import BinaryResNet
+from cmim_dense.registry import HOOKS, MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

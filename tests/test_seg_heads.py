@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from mmengine.structures import PixelData
-from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+
+from cmim_dense.registry import MODELS
 
 HEAD = dict(
     in_channels=16,

@@ -25,15 +25,14 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import _load_checkpoint
-from mmseg.registry import MODELS
 
 from cmim_dense.binary.irnet import ede_schedule
 from cmim_dense.engine.runs import train
 from cmim_dense.evaluation.report import read_run_metrics
 from cmim_dense.evaluation.visualize import load_predictions_npz
 from cmim_dense.models.backbones.bin_resnet import BinaryResNet
+from cmim_dense.registry import HOOKS, MODELS
 from cmim_dense.utils.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmim_dense.datasets.nyud import NYUD40_CLASSES
 from cmim_dense.evaluation.visualize import (
     DEFAULT_DEPTH_RANGE,
     DEPTH_BAR_LABEL,
@@ -23,6 +22,7 @@ from cmim_dense.evaluation.visualize import (
     save_predictions_npz,
     valid_depth_range,
 )
+from cmim_dense.nyud_io.classes import NYUD40_CLASSES
 from cmim_dense.utils.io import save_figure_atomic
 
 H, W = 30, 40

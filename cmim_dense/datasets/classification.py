@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmseg.registry import DATASETS
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
+from cmim_dense.registry import DATASETS
 from cmim_dense.utils.errors import InputError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

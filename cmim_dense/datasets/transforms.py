@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 from mmcv.transforms import RandomResize
-from mmseg.registry import TRANSFORMS
 
+from cmim_dense.registry import TRANSFORMS
 from cmim_dense.utils.errors import InputError
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from mmseg.registry import DATASETS
 from torch.utils.data import Dataset
 
+from cmim_dense.registry import DATASETS
 from cmim_dense.utils.errors import InputError
 
 

@@ -13,6 +13,8 @@ from mmengine.registry import MODEL_WRAPPERS
 from cmim_dense.utils.errors import InputError
 
 
+# In mmengine's root registry, not the project's: the Runner looks the wrapper type up with
+# ``MODEL_WRAPPERS.get`` on the root, which sees neither the default scope nor grandchildren.
 @MODEL_WRAPPERS.register_module()
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """MMDistributedDataParallel for CPU processes: SyncBN layers become BN first.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 from torch import nn
 
 from cmim_dense.binary.conv import BinaryConv2d
+from cmim_dense.registry import HOOKS
 from cmim_dense.utils.errors import InputError
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import cv2
 from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
 
 from cmim_dense.evaluation.visualize import arrays_from_sample, sample_panel, save_predictions_npz
+from cmim_dense.registry import HOOKS
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_bytes_atomic
 

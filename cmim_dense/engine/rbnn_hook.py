@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 from torch import nn
 
 from cmim_dense.binary.rbnn import RBNNBinarizer
 from cmim_dense.engine.hooks import trained_binary_convs
+from cmim_dense.registry import HOOKS
 
 
 @HOOKS.register_module()

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 from mmengine.evaluator import BaseMetric
-from mmseg.registry import METRICS
+
+from cmim_dense.registry import METRICS
 
 
 @METRICS.register_module()

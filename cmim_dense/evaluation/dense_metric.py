@@ -37,9 +37,9 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from mmseg.evaluation.metrics import IoUMetric
-from mmseg.registry import METRICS
 from prettytable import PrettyTable
 
+from cmim_dense.registry import METRICS
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_json_atomic
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,8 +36,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.transforms import IdentityTransform
 
-from cmim_dense.datasets.nyud import NYUD40_CLASSES
-from cmim_dense.utils.io import save_npz_atomic
+from cmim_dense.nyud_io.classes import NYUD40_CLASSES
+from cmim_dense.nyud_io.synth import SynthFrame, render_frame, synth_map_class
+from cmim_dense.utils.io import save_npz_atomic, write_bytes_atomic
 
 NUM_CLASSES = 40
 PANEL_TITLES = ("RGB", "GT seg", "pred seg", "GT depth", "pred depth")
@@ -386,3 +388,44 @@ def _class_legend(fig: Figure, classes: list[int], max_width: float):
             return wider
         wider.remove()
     return legend
+
+
+# -- the synthetic data's preview (tools/make_synth_nyud.py --preview) ----------------------
+
+
+def preview_image(
+    frames: Sequence[SynthFrame], width: int = 200, max_depth: float = 6.0
+) -> np.ndarray:
+    """RGB (rows * h, 3 * width, 3) uint8, one row per frame: rgb | NYU40 labels | depth.
+
+    Labels and depth use the colours of the evaluation pictures (:func:`colorize_seg`,
+    :func:`colorize_depth` over 0..max_depth m).
+    """
+    lut = np.concatenate([[255], synth_map_class() - 1]).astype(np.uint8)
+    rows = []
+    for f in frames:
+        h = round(f.rgb.shape[0] * width / f.rgb.shape[1])
+        panels = [
+            cv2.resize(f.rgb, (width, h), interpolation=cv2.INTER_AREA),
+            cv2.resize(colorize_seg(lut[f.labels]), (width, h), interpolation=cv2.INTER_NEAREST),
+            cv2.resize(
+                colorize_depth(f.depth, 0.0, max_depth), (width, h), interpolation=cv2.INTER_NEAREST
+            ),
+        ]
+        rows.append(np.concatenate(panels, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def save_synth_preview(
+    path: str | Path,
+    seed: int = 0,
+    frames: int = 4,
+    size: tuple[int, int] = (240, 320),
+    width: int = 200,
+) -> Path:
+    """Render ``frames`` frames and save :func:`preview_image` of them as a PNG at ``path``."""
+    image = preview_image([render_frame(seed, i, size) for i in range(frames)], width)
+    ok, png = cv2.imencode(".png", image[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise RuntimeError(f"cannot encode the preview {path}")
+    return write_bytes_atomic(path, png.tobytes())

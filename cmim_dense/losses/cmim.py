@@ -28,10 +28,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from cmim_dense.losses.dist_utils import all_reduce_mean, batch_sizes, gather_cat, rank_offset
+from cmim_dense.registry import MODELS
 from cmim_dense.utils.errors import InputError
 
 CRITICS = ("flip", "embed")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mmseg.registry import MODELS
 from torch import Tensor, nn
+
+from cmim_dense.registry import MODELS
 
 
 @MODELS.register_module()

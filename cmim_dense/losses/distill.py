@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from cmim_dense.registry import MODELS
 from cmim_dense.utils.errors import InputError
 
 

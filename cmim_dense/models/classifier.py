@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from mmengine.dist import broadcast, is_distributed
 from mmengine.model import BaseModel
-from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from cmim_dense.binary import ActivationTaps
 from cmim_dense.binary.lns import LNSBinarizer, lns_noisy_label_loss
+from cmim_dense.registry import MODELS
 from cmim_dense.utils.checkpoint import load_state_dict_strict, read_state_dict
 from cmim_dense.utils.errors import InputError
 

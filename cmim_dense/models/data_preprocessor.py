@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from mmengine.structures import PixelData
 from mmseg.models.data_preprocessor import SegDataPreProcessor
-from mmseg.registry import MODELS
+
+from cmim_dense.registry import MODELS
 
 
 @MODELS.register_module()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from mmseg.registry import MODELS
 from torch import Tensor
 
 from cmim_dense.models.classifier import BinaryImageClassifier
+from cmim_dense.registry import MODELS
 from cmim_dense.utils.errors import InputError
 
 

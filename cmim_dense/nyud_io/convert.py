@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cmim_dense.datasets.nyud import NYUD13_CLASSES, NYUD40_CLASSES
+from cmim_dense.nyud_io.classes import NYUD13_CLASSES, NYUD40_CLASSES
 from cmim_dense.nyud_io.mat import (
     LabeledMatReader,
     NYUDFormatError,

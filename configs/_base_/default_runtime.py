@@ -1,6 +1,5 @@
 # Runtime shared by every config: registries, hooks, logging, seeding.
-default_scope = "mmseg"
-custom_imports = dict(imports=["cmim_dense"], allow_failed_imports=False)
+default_scope = "cmim_dense"
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

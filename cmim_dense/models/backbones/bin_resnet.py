@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import torch
 from mmengine.model import BaseModule
-from mmseg.registry import MODELS
 from timm.layers import Mlp, create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.binary.adabin import Maxout
+from cmim_dense.registry import MODELS
 from cmim_dense.utils.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict
 from cmim_dense.utils.errors import InputError
 

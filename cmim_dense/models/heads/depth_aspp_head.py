@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from mmseg.models.decode_heads import ASPPHead, DepthwiseSeparableASPPHead
 from mmseg.models.utils import resize
-from mmseg.registry import MODELS
 from torch import Tensor
 
 from cmim_dense.models.heads.decode_losses import decode_losses
+from cmim_dense.registry import MODELS
 from cmim_dense.utils.errors import InputError
 
 

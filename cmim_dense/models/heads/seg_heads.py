@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from mmseg.models.decode_heads import ASPPHead, DepthwiseSeparableASPPHead
 from mmseg.models.utils import resize
-from mmseg.registry import MODELS
 from torch import Tensor
 
 from cmim_dense.models.heads.decode_losses import decode_losses
+from cmim_dense.registry import MODELS
 
 
 class _LossOnlyMixin:

@@ -4,8 +4,6 @@ from cmim_dense.nyud_io.synth.export import (
     SynthPaths,
     generate_synth_nyud,
     object_crops,
-    preview_image,
-    save_preview,
     split_indices,
 )
 from cmim_dense.nyud_io.synth.render import SynthFrame, render_frame
@@ -18,9 +16,7 @@ __all__ = [
     "SynthPaths",
     "generate_synth_nyud",
     "object_crops",
-    "preview_image",
     "render_frame",
-    "save_preview",
     "split_indices",
     "synth_map_class",
     "synth_names",

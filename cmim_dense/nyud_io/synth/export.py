@@ -1,4 +1,4 @@
-"""Write a synthetic NYUD-v2 set in the official file formats, plus object crops and a preview.
+"""Write a synthetic NYUD-v2 set in the official file formats, plus object crops.
 
 :func:`generate_synth_nyud` writes the same files as the official release (so
 ``tools/prepare_nyud.py`` converts them unchanged) and an ImageFolder of object crops::
@@ -17,15 +17,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from cmim_dense.datasets.nyud import NYUD13_CLASSES, NYUD13_FROM_40, NYUD40_CLASSES
-from cmim_dense.evaluation.visualize import colorize_depth, colorize_seg
+from cmim_dense.nyud_io.classes import NYUD13_CLASSES, NYUD13_FROM_40, NYUD40_CLASSES
 from cmim_dense.nyud_io.mat import (
     LabeledMatWriter,
     write_class13_mapping_mat,
@@ -34,7 +32,6 @@ from cmim_dense.nyud_io.mat import (
 )
 from cmim_dense.nyud_io.synth.render import SynthFrame, render_frame
 from cmim_dense.nyud_io.synth.scene import RAW_IDS, synth_map_class, synth_names
-from cmim_dense.utils.io import write_bytes_atomic
 from cmim_dense.utils.progress import progress_bar
 
 TRAIN_FRACTION = 795 / 1449  # as in the official split
@@ -143,41 +140,3 @@ def generate_synth_nyud(
                 folder = paths.crops / crop_split[i + 1] / cls
                 cv2.imwrite(str(folder / f"{i + 1:04d}_{k}.png"), crop[..., ::-1])
     return paths
-
-
-def preview_image(
-    frames: Sequence[SynthFrame], width: int = 200, max_depth: float = 6.0
-) -> np.ndarray:
-    """RGB (rows * h, 3 * width, 3) uint8, one row per frame: rgb | NYU40 labels | depth.
-
-    Labels and depth use the colours of the evaluation pictures
-    (:func:`~cmim_dense.evaluation.visualize.colorize_seg`, ``colorize_depth`` over 0..max_depth m).
-    """
-    lut = np.concatenate([[255], synth_map_class() - 1]).astype(np.uint8)
-    rows = []
-    for f in frames:
-        h = round(f.rgb.shape[0] * width / f.rgb.shape[1])
-        panels = [
-            cv2.resize(f.rgb, (width, h), interpolation=cv2.INTER_AREA),
-            cv2.resize(colorize_seg(lut[f.labels]), (width, h), interpolation=cv2.INTER_NEAREST),
-            cv2.resize(
-                colorize_depth(f.depth, 0.0, max_depth), (width, h), interpolation=cv2.INTER_NEAREST
-            ),
-        ]
-        rows.append(np.concatenate(panels, axis=1))
-    return np.concatenate(rows, axis=0)
-
-
-def save_preview(
-    path: str | Path,
-    seed: int = 0,
-    frames: int = 4,
-    size: tuple[int, int] = (240, 320),
-    width: int = 200,
-) -> Path:
-    """Render ``frames`` frames and save :func:`preview_image` of them as a PNG at ``path``."""
-    image = preview_image([render_frame(seed, i, size) for i in range(frames)], width)
-    ok, png = cv2.imencode(".png", image[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise RuntimeError(f"cannot encode the preview {path}")
-    return write_bytes_atomic(path, png.tobytes())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cmim_dense.datasets.nyud import NYUD40_CLASSES
+from cmim_dense.nyud_io.classes import NYUD40_CLASSES
 
 NUM_NAMES = 894
 # The classes the generator draws, with their raw label ids in the real NYUD ``names`` list.
