@@ -8,8 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from cmim_dense.deploy.graph import BackboneGraph
+from cmim_dense.registry import BACKBONE_RUNTIMES
 
 
+@BACKBONE_RUNTIMES.register_module(name="openvino")
 class OpenVINOBackbone:
     """Calls an OpenVINO model like a backbone: (N, 3, H, W) tensor -> tuple of stage outputs.
 

@@ -1,14 +1,22 @@
-"""Loading a project config: ``--cfg-options``, the work dir, AMP, and a check of every key."""
+"""Config -> model, the one path: finding a config, ``--cfg-options``, the work dir, AMP, a
+check of every key, and building the model with an optional strict checkpoint."""
 
 from __future__ import annotations
 
+import argparse
+import copy
 import inspect
+import os
 import os.path as osp
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from mmengine.config import Config
-from mmseg.registry import (
+from mmengine.config import Config, DictAction
+from torch import nn
+
+from cmim_dense.binary.registry import BINARIZERS
+from cmim_dense.registry import (
     DATASETS,
     HOOKS,
     LOOPS,
@@ -19,10 +27,14 @@ from mmseg.registry import (
     PARAM_SCHEDULERS,
     TASK_UTILS,
     TRANSFORMS,
+    init_scope,
 )
-
-from cmim_dense.binary.registry import BINARIZERS
+from cmim_dense.utils.checkpoint import load_state_dict_strict, read_state_dict
 from cmim_dense.utils.errors import InputError
+
+# The configs shipped inside the package (``setup.py`` puts the repository's ``configs/`` there,
+# where mmengine's ``Config.fromfile('cmim_dense::NAME.py')`` also looks).
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / ".mim" / "configs"
 
 # Which registry builds the ``type`` of each part of a config (nested dicts follow their parent).
 _REGISTRIES = {
@@ -60,8 +72,35 @@ _IMPLICIT_BY_REGISTRY = {
 _LAYER_CONFIGS = {"norm_cfg", "act_cfg", "conv_cfg", "init_cfg", "dcn", "plugins"}
 
 
+def parse_cfg_options(words: Sequence[str]) -> dict:
+    """``["a=1", "b.c=x,y"]`` -> ``{"a": 1, "b.c": ["x", "y"]}``, exactly as mmengine parses
+    ``--cfg-options``: its ``DictAction``, called through argparse's public Action interface."""
+    namespace = argparse.Namespace()
+    DictAction(option_strings=[], dest="options")(None, namespace, list(words))
+    return namespace.options
+
+
+def resolve_config(config: str | os.PathLike) -> str:
+    """The file of ``config``: a path as given, else a config shipped with the package, named
+    with or without ``.py`` (``nyud_deeplab_bin_r18``, ``pretrain/cifar10_bin_r18_irnet_cmim``).
+
+    Raises:
+        InputError: neither exists.
+    """
+    path = Path(config)
+    if path.is_file():
+        return str(path)
+    if not path.is_absolute():
+        for candidate in (PACKAGE_CONFIGS / path, PACKAGE_CONFIGS / path.with_suffix(".py")):
+            if candidate.is_file():
+                return str(candidate)
+    raise InputError(
+        f"config file not found: {config} (neither a file nor a config of the package)"
+    )
+
+
 def load_config(
-    config: str,
+    config: str | os.PathLike,
     cfg_options: dict | None = None,
     work_dir: str | None = None,
     launcher: str = "none",
@@ -74,9 +113,7 @@ def load_config(
     Raises:
         InputError: the config file is missing, or a key is not an argument of what it builds.
     """
-    if not osp.isfile(config):
-        raise InputError(f"config file not found: {config}")
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(resolve_config(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     check_config_keys(cfg)
@@ -86,6 +123,54 @@ def load_config(
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", Path(config).stem)
     return cfg
+
+
+def build_model(
+    config: str | os.PathLike | Config,
+    checkpoint: str | os.PathLike | None = None,
+    cfg_options: dict | None = None,
+    init_weights: bool = False,
+) -> nn.Module:
+    """The project's one way from a config to a model, used by every tool and benchmark.
+
+    Loads ``config`` with the key check (:func:`load_config`; a :class:`Config` is taken as
+    loaded, and ``cfg_options`` are merged and checked again), builds ``cfg.model`` in the
+    project's scope, turns SyncBN into BN (no process group outside a launcher), and loads
+    ``checkpoint`` strictly: every key with its shape, no other key, read without executing code.
+    Without a checkpoint, ``init_weights=True`` runs the config's initialisation (pretrained
+    backbones included), quietly; otherwise the modules keep their constructors' weights.
+
+    Raises:
+        InputError: a missing config, a bad key, an unreadable or mismatched checkpoint.
+    """
+    import logging
+
+    from mmengine.logging import MMLogger
+    from mmengine.model import revert_sync_batchnorm
+
+    if isinstance(config, Config):
+        cfg = config
+        if cfg_options:  # on a copy: the caller's config stays as it was
+            cfg = copy.deepcopy(config)
+            cfg.merge_from_dict(cfg_options)
+            check_config_keys(cfg)
+    else:
+        cfg = load_config(config, cfg_options)
+    state = read_state_dict(checkpoint) if checkpoint is not None else None
+    init_scope()
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    if state is not None:
+        name = Path(cfg.filename).stem if cfg.filename else type(model).__name__
+        load_state_dict_strict(model, state, str(checkpoint), name)
+    elif init_weights:
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.ERROR)  # initialisation reports are about training runs
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
+    return model
 
 
 def enable_amp(cfg: Config, amp: str) -> None:

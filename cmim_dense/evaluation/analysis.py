@@ -505,10 +505,9 @@ def checkpoint_names(checkpoints: Sequence[str], names: Sequence[str] | None = N
 
 def _build_backbone(cfg) -> tuple[nn.Module, list[BinaryConv2d], str]:
     """The config's model's backbone (eval mode), its stage taps and a name for messages."""
-    from mmengine.model import revert_sync_batchnorm
-    from mmseg.registry import MODELS
+    from cmim_dense.engine.config import build_model
 
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model = build_model(cfg)
     backbone = getattr(model, "backbone", None)
     if backbone is None or not hasattr(backbone, "tap_layers"):
         raise InputError(f"the config's model ({type(model).__name__}) has no binary backbone")
@@ -516,7 +515,7 @@ def _build_backbone(cfg) -> tuple[nn.Module, list[BinaryConv2d], str]:
 
 
 def _test_dataset(cfg):
-    from mmseg.registry import DATASETS
+    from cmim_dense.registry import DATASETS
 
     loader = cfg.get("test_dataloader")
     if not isinstance(loader, dict) or not isinstance(loader.get("dataset"), dict):
@@ -564,10 +563,8 @@ def analyze(
         cfg_options: ``--cfg-options`` overrides.
         batch_size: images per forward, and the N of the Eq. 9 estimate's in-batch negatives.
     """
-    from mmengine.registry import init_default_scope
-
-    import cmim_dense  # noqa: F401  (registries)
     from cmim_dense.engine.config import load_config
+    from cmim_dense.registry import init_scope
     from cmim_dense.utils.checkpoint import (
         check_state_dict,
         load_state_dict_strict,
@@ -584,7 +581,7 @@ def analyze(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output path exists and is not a folder: {out}")
-    init_default_scope("mmseg")
+    init_scope()
     cfg = load_config(config, cfg_options)
     dataset = _test_dataset(cfg)
     backbone, layers, target = _build_backbone(cfg)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from mmengine.logging import print_log
-from mmseg.models.segmentors import BaseSegmentor, DepthEstimator
-from mmseg.registry import MODELS
+from mmengine.structures import PixelData
+from mmseg.models.segmentors import BaseSegmentor
 from mmseg.structures import SegDataSample
 from mmseg.utils import add_prefix
 from torch import Tensor
 
+from cmim_dense.registry import BACKBONE_RUNTIMES, MODELS
 from cmim_dense.utils.errors import InputError
 
 BACKBONE_BACKENDS = ("torch", "openvino")
@@ -34,9 +36,11 @@ class MultiTaskDense(BaseSegmentor):
         channels_last: run the heads in the NHWC memory format. On CPU, oneDNN's depthwise
             convolutions (DeepLabV3+ heads) are markedly faster in it.
         backbone_backend: ``'torch'``, or ``'openvino'`` to run the frozen binary backbone's
-            forward as bit-packed xnor-popcount convolutions (:mod:`cmim_dense.deploy`), built
-            in memory from the backbone's current weights (rebuilt when they change). The heads
-            train in PyTorch and checkpoints are unchanged. Needs ``freeze_backbone``.
+            forward as bit-packed xnor-popcount convolutions (:mod:`cmim_dense.deploy`, found
+            through the ``BACKBONE_RUNTIMES`` registry), built in memory from the backbone's
+            weights, and built again after a ``load_state_dict`` or when a weight tensor is
+            replaced. The heads train in PyTorch and checkpoints are unchanged. Needs
+            ``freeze_backbone``.
         test_cfg: ``dict(mode='whole')``: predictions on the whole image (the only mode).
         data_preprocessor: typically ``DenseDataPreProcessor``.
 
@@ -82,7 +86,8 @@ class MultiTaskDense(BaseSegmentor):
             for head in self.heads.values():
                 head.to(memory_format=torch.channels_last)
         self.backbone_backend = backbone_backend
-        self._engine: tuple[tuple, object] | None = None  # (weights fingerprint, OpenVINO model)
+        self._engine: tuple[tuple, object] | None = None  # (weight storages, compiled backbone)
+        self.backbone.register_load_state_dict_post_hook(self._drop_engine)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         if freeze_backbone:
@@ -119,21 +124,27 @@ class MultiTaskDense(BaseSegmentor):
             if head is not None
         }
 
-    def _openvino_backbone(self):
-        """The OpenVINO model of the backbone's current weights (built again if they change)."""
-        from cmim_dense.deploy.runtime import OpenVINOBackbone  # imports OpenVINO when used
+    def _drop_engine(self, module, incompatible_keys) -> None:
+        """``load_state_dict`` post hook: the compiled backbone holds the old weights."""
+        self._engine = None
 
-        state = tuple(
-            (t.data_ptr(), t._version) for t in self.backbone.state_dict(keep_vars=True).values()
-        )
-        if self._engine is None or self._engine[0] != state:
-            self._engine = (state, OpenVINOBackbone.from_backbone(self.backbone.eval()))
+    def _runtime_backbone(self):
+        """The backbone compiled by the ``backbone_backend`` runtime from its current weights.
+
+        Built again after a ``load_state_dict`` (hook) or when a tensor is replaced (a new
+        storage, e.g. after ``.to()``). In-place edits of a frozen weight by other means are
+        not seen: torch has no public per-tensor modification counter.
+        """
+        storages = tuple(t.data_ptr() for t in self.backbone.state_dict(keep_vars=True).values())
+        if self._engine is None or self._engine[0] != storages:
+            runtime = BACKBONE_RUNTIMES.get(self.backbone_backend)
+            self._engine = (storages, runtime.from_backbone(self.backbone.eval()))
         return self._engine[1]
 
     def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
         """(N, 3, H, W) -> the backbone's multi-level features."""
-        if self.backbone_backend == "openvino":
-            feats = self._openvino_backbone()(inputs)
+        if self.backbone_backend != "torch":
+            feats = self._runtime_backbone()(inputs)
         elif self.freeze_backbone:
             with torch.no_grad():
                 feats = self.backbone(inputs)
@@ -170,10 +181,31 @@ class MultiTaskDense(BaseSegmentor):
             data_samples = self.postprocess_result(seg_logits, data_samples)
         if self.depth_head is not None:
             depth = self.depth_head.predict(feats, metas, self.test_cfg)
-            # mmseg's depth post-processing (un-pad, un-flip, resize to the original
-            # shape) only reads ``align_corners``, which this model has too.
-            data_samples = DepthEstimator.postprocess_result(self, depth, data_samples)
+            for sample, depth_map in zip(data_samples, depth):
+                sample.set_data(
+                    {"pred_depth_map": PixelData(data=self._restore(depth_map, sample))}
+                )
         return data_samples
+
+    def _restore(self, depth: Tensor, sample: SegDataSample) -> Tensor:
+        """One depth map (1, H, W) back to its image: padding removed, flip undone, resized
+        bilinearly to ``ori_shape``; the depth counterpart of mmseg's ``postprocess_result``
+        (mmseg's own sits on ``DepthEstimator``, which this model does not derive from)."""
+        meta = sample.metainfo
+        left, right, top, bottom = meta.get("img_padding_size", meta.get("padding_size", [0] * 4))
+        height, width = depth.shape[-2:]
+        depth = depth[None, :, top : height - bottom, left : width - right]
+        if meta.get("flip"):
+            direction = meta.get("flip_direction")
+            if direction not in ("horizontal", "vertical"):
+                raise ValueError(f"unknown flip_direction {direction!r}")
+            depth = depth.flip(dims=(3,) if direction == "horizontal" else (2,))
+        size = tuple(meta["ori_shape"][:2])
+        if tuple(depth.shape[-2:]) != size:
+            depth = F.interpolate(
+                depth, size=size, mode="bilinear", align_corners=self.align_corners
+            )
+        return depth[0]
 
     def _forward(self, inputs: Tensor, data_samples: list | None = None) -> dict[str, Tensor]:
         """Raw head outputs at feature resolution, by task name."""

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from mmengine.config import DictAction
 
+from cmim_dense.engine.config import parse_cfg_options
 from cmim_dense.pipelines.chain import StageTimer, run_chain, train_and_test
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import (
@@ -56,7 +56,8 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
             raise InputError(f"--grid wants KEY=V1,V2,..., got {item!r}")
         if key in grid:
             raise InputError(f"--grid key {key} given twice")
-        grid[key] = [DictAction._parse_int_float_bool(v) for v in values.split(",")]
+        parsed = parse_cfg_options([f"{key}={values}"])[key]
+        grid[key] = parsed if isinstance(parsed, list) else [parsed]
     return grid
 
 
