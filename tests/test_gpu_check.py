@@ -17,12 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.optim import OptimWrapper
-from mmseg.registry import DATASETS
 from torch import nn
 
+from cmim_dense.bench import gpu_check
+from cmim_dense.bench.gpu_check import pretrain as pretrain_module
+from cmim_dense.bench.gpu_check import transfer as transfer_module
 from cmim_dense.binary import BinaryConv2d
-from cmim_dense.engine import gpu_check
+from cmim_dense.cli import gpu_check as gpu_check_cli
 from cmim_dense.engine.config import load_config
+from cmim_dense.registry import DATASETS
 from cmim_dense.utils.io import to_jsonable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _tool() -> dict:
-    """The globals of ``tools/gpu_check.py`` (``main``, ``parse_args``, ``STAGES``)."""
+    """The globals of ``tools/gpu_check.py`` (``main``, ``parse_args``)."""
     return runpy.run_path(str(TOOL), run_name="tools_gpu_check")
 
 
@@ -63,7 +66,7 @@ def test_parse_args_rejects(argv, capsys):
 
 
 def test_tool_stages_are_the_modules():
-    assert tuple(_tool()["STAGES"]) == gpu_check.STAGES
+    assert tuple(gpu_check_cli.STAGES) == gpu_check.STAGES
 
 
 def test_no_cuda_returns_2_with_one_line(monkeypatch, capsys, tmp_path):
@@ -408,9 +411,9 @@ def test_pretrain_stage_halves_keeps_the_faster_format_and_times_cmim(monkeypatc
         ratios.append((dtype, batch, fmt, iters))
         return dict(plain_step_ms=100.0, cmim_step_ms=110.0, cmim_step_ratio=1.1)
 
-    monkeypatch.setattr(gpu_check, "pretrain_step", fake_step)
-    monkeypatch.setattr(gpu_check, "measure_throughput", fake_measure)
-    monkeypatch.setattr(gpu_check, "cmim_ratio", fake_ratio)
+    monkeypatch.setattr(pretrain_module, "pretrain_step", fake_step)
+    monkeypatch.setattr(pretrain_module, "measure_throughput", fake_measure)
+    monkeypatch.setattr(pretrain_module, "cmim_ratio", fake_ratio)
     lines = []
     figures = gpu_check.pretrain_stage(device="cpu", log=lines.append)
     assert [(r["dtype"], r["memory_format"], r["batch"]) for r in figures["runs"]] == [
@@ -446,10 +449,12 @@ def test_transfer_stage_reports_the_full_schedule(monkeypatch):
     def fake_ratio(cfg, dtype, batch, height, width, iters, warmup, device):
         return dict(frozen_step_ms=250.0, finetune_step_ms=500.0, frozen_finetune_ratio=0.5)
 
-    monkeypatch.setattr(gpu_check, "transfer_step", fake_step)
-    monkeypatch.setattr(gpu_check, "measure_throughput", fake_measure)
-    monkeypatch.setattr(gpu_check, "transfer_ratio", fake_ratio)
-    monkeypatch.setattr(gpu_check, "supported_dtypes", lambda *a: (["bfloat16", "float16"], {}))
+    monkeypatch.setattr(transfer_module, "transfer_step", fake_step)
+    monkeypatch.setattr(transfer_module, "measure_throughput", fake_measure)
+    monkeypatch.setattr(transfer_module, "transfer_ratio", fake_ratio)
+    monkeypatch.setattr(
+        pretrain_module, "supported_dtypes", lambda *a: (["bfloat16", "float16"], {})
+    )
     figures = gpu_check.transfer_stage(device="cpu", log=lambda line: None)
     assert figures["dtype"] == "bfloat16" and figures["output_stride"] == 8
     assert figures["freeze_backbone"] is True and figures["batch"] == 8
@@ -510,7 +515,8 @@ def test_ratios_time_the_two_variants(monkeypatch):
             seen[name] = (iters, warmup)
         return dict(zip(steps, (0.1, 0.125)))
 
-    monkeypatch.setattr(gpu_check, "median_step_times", fake_median)
+    monkeypatch.setattr(pretrain_module, "median_step_times", fake_median)
+    monkeypatch.setattr(transfer_module, "median_step_times", fake_median)
     pretrain = gpu_check.load_cfg(gpu_check.PRETRAIN_CONFIG)
     ratio = gpu_check.cmim_ratio(pretrain, None, 2, 32, iters=15, device="cpu")
     assert seen == dict(plain=(15, 3), cmim=(15, 3))
@@ -552,9 +558,10 @@ def test_nccl_run_config_reads_the_generated_tree(tmp_path):
     cmd = gpu_check.dist_train_command(
         gpu_check.config_path(gpu_check.PRETRAIN_CONFIG), tmp_path / "w", options
     )
-    assert cmd[:4] == ["bash", str(REPO / "tools" / "dist_train.sh"), cmd[2], "1"]
+    start = cmd.index(gpu_check.TRAIN_MODULE) + 1
+    assert cmd[:4] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1"]
     train_args = runpy.run_path(str(REPO / "tools" / "train.py"), run_name="tools_train")
-    args = train_args["parse_args"]([cmd[2], *cmd[4:]])
+    args = train_args["parse_args"](cmd[start:])
     assert args.work_dir == str(tmp_path / "w")
     cfg = load_config(args.config, args.cfg_options, args.work_dir, "pytorch")
     assert cfg.env_cfg.dist_cfg.backend == "nccl"

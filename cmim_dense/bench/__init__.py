@@ -1,0 +1,1 @@
+"""Offline measurement, apart from the runtime: step-time benchmarks and the GPU check."""
