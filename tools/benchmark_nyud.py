@@ -1,98 +1,12 @@
 """Speed and peak memory of the NYUD-v2 conversion, on a generated file of the official format.
 
-    python tools/benchmark_nyud.py --frames 200 --size 480 640
-
-Generates a synthetic ``nyu_depth_v2_labeled.mat``, then converts it with ``prepare_nyud`` in a
-fresh child process that reports its peak RSS growth from /proc (VmHWM after the conversion minus
-VmRSS before it, with the high-water mark reset through /proc/self/clear_refs where allowed).
-Prints frames/s and the growth; ``--json`` prints one JSON line instead.
+``python tools/benchmark_nyud.py ARGS`` runs ``cmim-dense benchmark_nyud ARGS``
+(cmim_dense/cli/benchmark_nyud.py).
 """
 
-from __future__ import annotations
-
-import argparse
-import contextlib
-import json
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _measure_child(labeled: str, splits: str, mapping: str, out: str) -> None:
-    """Child process: convert once and print timing and memory as JSON."""
-    from cmim_dense.nyud_io.convert import prepare_nyud
-
-    # "5" resets VmHWM to the current RSS (Linux >= 4.0), so the imports do not count
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-    rss_start = _status_kb("VmRSS")
-    start = time.perf_counter()
-    result = prepare_nyud(labeled, splits, mapping, out, progress=False)
-    seconds = time.perf_counter() - start
-    frames = sum(result.counts.values())
-    peak_growth_mb = max(_status_kb("VmHWM") - rss_start, 0) / 1024
-    print(json.dumps({"frames": frames, "seconds": seconds, "peak_rss_growth_mb": peak_growth_mb}))
-
-
-def run_benchmark(frames: int, size: tuple[int, int], workdir: Path, seed: int = 0) -> dict:
-    """Generate, then convert in a child process; returns the measurements."""
-    from cmim_dense.nyud_io.synth import generate_synth_nyud
-
-    start = time.perf_counter()
-    paths = generate_synth_nyud(workdir / "raw", frames, seed, size, progress=False)
-    generate_s = time.perf_counter() - start
-    cmd = [sys.executable, __file__, "--measure", str(paths.labeled), str(paths.splits)]
-    cmd += [str(paths.mapping), str(workdir / "nyud")]
-    child = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    stats = json.loads(child.stdout.strip().splitlines()[-1])
-    stats.update(
-        height=size[0],
-        width=size[1],
-        generate_seconds=generate_s,
-        frames_per_second=stats["frames"] / stats["seconds"],
-        labeled_mb=paths.labeled.stat().st_size / 2**20,
-    )
-    return stats
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    parser.add_argument("--workdir", help="keep the generated files here (default: a temp dir)")
-    parser.add_argument("--json", action="store_true", help="print one JSON line")
-    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)  # child process mode
-    args = parser.parse_args(argv)
-    if args.measure:
-        _measure_child(*args.measure)
-        return 0
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="nyud-bench-"))
-    try:
-        stats = run_benchmark(args.frames, tuple(args.size), workdir)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(json.dumps(stats))
-    else:
-        print(
-            f"generated {args.frames} frames at {args.size[0]}x{args.size[1]} in "
-            f"{stats['generate_seconds']:.1f} s ({stats['labeled_mb']:.0f} MB .mat)\n"
-            f"conversion: {stats['frames_per_second']:.1f} frames/s, "
-            f"peak RSS growth {stats['peak_rss_growth_mb']:.1f} MB"
-        )
-    return 0
-
+from cmim_dense.cli.benchmark_nyud import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,48 +1,12 @@
 """Export a model as OpenVINO IR with bit-packed binary convolutions.
 
-python tools/export.py CONFIG [CHECKPOINT] --out DIR [--size H W] [--cfg-options key=value ...]
-
-CONFIG is a pretraining or a dense config and CHECKPOINT what tools/train.py wrote for it
-(without one, the config's own initialisation is exported). DIR gets backbone.xml/.bin, for a
-dense config model.xml/.bin too, and export.json with the layer counts, sizes and the error
-measured against the PyTorch model.
+``python tools/export.py ARGS`` runs ``cmim-dense export ARGS``
+(cmim_dense/cli/export.py).
 """
 
-import argparse
-import importlib.util
-import json
 import sys
 
-import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.cli import add_cfg_options, run_tool
-from cmim_dense.utils.errors import InputError
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="config file path")
-    parser.add_argument("checkpoint", nargs="?", help="checkpoint written by tools/train.py")
-    parser.add_argument("--out", required=True, help="output folder of the IR")
-    parser.add_argument(
-        "--size", type=int, nargs=2, metavar=("H", "W"), help="input size of the exactness check"
-    )
-    add_cfg_options(parser)
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-
-    def job() -> None:
-        if importlib.util.find_spec("openvino") is None:
-            raise InputError("OpenVINO is needed to export: pip install openvino")
-        from cmim_dense.deploy.export import export_config
-
-        record = export_config(args.config, args.checkpoint, args.out, args.size, args.cfg_options)
-        print(json.dumps(record, indent=1))
-
-    return run_tool(job)
-
+from cmim_dense.cli.export import main, parse_args  # noqa: F401  (parse_args for callers)
 
 if __name__ == "__main__":
     sys.exit(main())

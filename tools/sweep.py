@@ -1,80 +1,12 @@
 """Run a grid of settings x seeds and aggregate them: sweep.json, sweep.md, sweep.png.
 
-    python tools/sweep.py CONFIG --grid KEY=V1,V2[,...] [--grid ...] --seeds 0 1 2 --work-dir DIR
-                          [--cfg-options key=value ...] [--reference KEY=V ...]
-    python tools/sweep.py --demo --grid model.cmim_lambda=0,0.05 --seeds 0 1 2 --work-dir DIR
-                          [--transfer-grid KEY=V1,V2] [--transfer-options key=value ...]
-                          [--data-dir data/synth_nyud]
-
-CONFIG sweeps a pretraining config (top-1). --demo sweeps the demo's pretrain -> transfer chain
-(top-1, mIoU, RMSE, -log RMSE) on the demo's data, generated once. Finished runs are skipped, so
-the same command continues a cut sweep. See cmim_dense/pipelines/sweep.py for the statistics.
+``python tools/sweep.py ARGS`` runs ``cmim-dense sweep ARGS``
+(cmim_dense/cli/sweep.py).
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-import cmim_dense  # noqa: F401  (shims and registries)
-from cmim_dense.engine.cli import add_cfg_options, run_tool
-from cmim_dense.pipelines.chain import StageTimer
-from cmim_dense.pipelines.demo import DemoSettings, ensure_data
-from cmim_dense.pipelines.sweep import SweepSpec, markdown, parse_grid, run_sweep
-from cmim_dense.utils.errors import InputError
-
-DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", help="pretraining config (not with --demo)")
-    parser.add_argument("--demo", action="store_true", help="sweep the demo's chain")
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2")
-    parser.add_argument("--transfer-grid", action="append", default=[], metavar="KEY=V1,V2")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
-    parser.add_argument("--work-dir", type=Path, required=True)
-    add_cfg_options(parser)
-    add_cfg_options(parser, "--transfer-options")
-    parser.add_argument("--reference", action="append", default=[], metavar="KEY=V")
-    parser.add_argument("--data-dir", type=Path, default=Path("data/synth_nyud"))
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-
-    def job() -> None:
-        if args.demo == bool(args.config):
-            raise InputError("give either a CONFIG or --demo")
-        if args.transfer_grid and not args.demo:
-            raise InputError("--transfer-grid needs --demo")
-        reference = {k: v[0] for k, v in parse_grid(args.reference).items()} or None
-        timer = StageTimer()
-        spec = SweepSpec(
-            grid=parse_grid(args.grid),
-            seeds=args.seeds,
-            work_dir=args.work_dir,
-            config=Path(args.config) if args.config else DEMO_CONFIGS / "pretrain_crops.py",
-            cfg_options=args.cfg_options,
-            reference=reference,
-        )
-        if args.demo:
-            data = DemoSettings(
-                work_dir=args.work_dir,
-                data_dir=args.data_dir,
-                pretrain_config=spec.config,
-                transfer_config=DEMO_CONFIGS / "nyud_synth.py",
-            )
-            spec.roots = ensure_data(data, timer)
-            spec.transfer_config = data.transfer_config
-            spec.transfer_grid = parse_grid(args.transfer_grid)
-            spec.transfer_options = args.transfer_options
-        result = run_sweep(spec, timer)
-        print(markdown(result))
-        print(f"sweep took {sum(s['seconds'] for s in result['stages']):.0f} s of runs")
-
-    return run_tool(job)
-
+from cmim_dense.cli.sweep import main, parse_args  # noqa: F401  (parse_args for callers)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,11 +21,12 @@ import multiprocessing
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmengine.config import Config
 
+from cmim_dense.engine.config import resolve_config
 from cmim_dense.evaluation.analysis import analyze
 from cmim_dense.evaluation.baselines import majority_class_baseline, mean_depth_baseline
 from cmim_dense.evaluation.report import build_report, read_run_metrics
@@ -39,15 +40,17 @@ MIOU_TARGET = 50.0
 RMSE_FRACTION_TARGET = 0.6
 DATA_STAMP = "synth_settings.json"
 RUN_STAMP = "demo_settings.json"
+PRETRAIN_CONFIG = "demo/pretrain_crops.py"  # configs of the package (resolve_config)
+TRANSFER_CONFIG = "demo/nyud_synth.py"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo runs; the defaults are the README's demo (configs passed by the tool)."""
+    """What the demo runs; the defaults are the README's demo, on the package's demo configs."""
 
     work_dir: Path
-    pretrain_config: Path
-    transfer_config: Path
+    pretrain_config: Path = field(default_factory=lambda: Path(resolve_config(PRETRAIN_CONFIG)))
+    transfer_config: Path = field(default_factory=lambda: Path(resolve_config(TRANSFER_CONFIG)))
     data_dir: Path = Path("data/synth_nyud")
     # Frames at the transfer resolution (the frozen-head results grow with the number of
     # training frames more than with their size); the object crops come from the same frames.
@@ -153,8 +156,6 @@ def _chain_stages(
     settings: DemoSettings, roots: tuple[Path, Path], name: str, cmim_lambda: float
 ) -> list[dict]:
     """One variant's chain; returns its stage times (it may run in a worker process)."""
-    import cmim_dense  # noqa: F401  (registries, in a spawned worker)
-
     timer = StageTimer()
     run_chain(
         settings.pretrain_config,

@@ -1,0 +1,54 @@
+"""Report evaluated runs: report.md, report.json, fig5.png and qualitative.png.
+
+cmim-dense report RUN_DIR [RUN_DIR ...] --out DIR [--num-images K]
+
+Each RUN_DIR needs the metrics.json written by ``test``; qualitative.png is drawn from the
+first RUN_DIR that has predictions/*.npz. Runs are labelled by their metrics.json name; runs
+sharing a name get their directory's name appended (``"name [dir]"``), then ``" #k"`` if that
+still collides (see cmim_dense.evaluation.report).
+
+Bad input (a missing or malformed metrics.json, an unreadable prediction file, an output
+path that cannot be a folder) prints one ``error: ...`` line, writes nothing and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cmim_dense.cli.common import ToolParser, int_at_least, run_tool
+from cmim_dense.cli.common import parse_args as parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ToolParser(prog="cmim-dense report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run dirs")
+    parser.add_argument("--out", required=True, help="output directory of the report")
+    parser.add_argument(
+        "--num-images",
+        type=int_at_least(0),
+        default=4,
+        help="test images in qualitative.png (default 4; 0: no qualitative.png)",
+    )
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return parse(build_parser(), argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def job() -> None:
+        from cmim_dense.evaluation.report import build_report
+
+        written = build_report(args.run_dirs, args.out, args.num_images)
+        for path in written.values():
+            print(path)
+
+    return run_tool(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
