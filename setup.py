@@ -57,5 +57,5 @@ setup(
         "tqdm",
         "setuptools<81",
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "ruff>=0.6", "import-linter>=2.1"]},
 )
