@@ -15,7 +15,6 @@ Only a folder this module wrote (with a valid ``export.json``) is ever replaced.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -248,29 +247,11 @@ def export_config(
 ) -> dict:
     """Build ``config``'s model, load ``checkpoint`` strictly (none: the config's own
     initialisation) and :func:`export_model` it; returns the ``export.json`` record."""
-    from mmengine.logging import MMLogger
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
+    from cmim_dense.engine.config import build_model, load_config
 
-    from cmim_dense.engine.config import load_config
-    from cmim_dense.utils.checkpoint import load_state_dict_strict, read_state_dict
-
-    init_default_scope("mmseg")
     cfg = load_config(config, cfg_options)
-    state = read_state_dict(checkpoint) if checkpoint else None
     _check_out_dir(Path(out_dir))
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # initialisation reports are about training, not export
-    try:
-        model = revert_sync_batchnorm(MODELS.build(cfg.model))
-        if state is None:
-            model.init_weights()
-    finally:
-        logger.setLevel(level)
-    if state is not None:
-        load_state_dict_strict(model, state, checkpoint, Path(config).stem)
+    model = build_model(cfg, checkpoint, init_weights=checkpoint is None)
     if not hasattr(model, "backbone"):
         raise NotExportableError(f"{config}: the model has no backbone to export")
     size = tuple(input_size) if input_size else default_input_size(cfg)

@@ -99,6 +99,33 @@ def compare_same_input(
     )
 
 
+def _twin_models(cfg, seed: int, device: str | torch.device) -> tuple[nn.Module, nn.Module]:
+    """The config's classifier twice with the same weights, on the CPU and on ``device``, in
+    train mode (as in a training step)."""
+    torch.manual_seed(seed)
+    cpu_model = build_pretrain_model(cfg)
+    dev_model = build_pretrain_model(cfg)
+    dev_model.load_state_dict(cpu_model.state_dict())
+    return cpu_model.train(), dev_model.to(device).train()
+
+
+def _full_forward_diff(cpu_convs: list, dev_convs: list) -> dict:
+    """The binary convs of two forwards as they ran: layers equal, largest difference, sign
+    flips of their inputs, and the number of inputs."""
+    equal, diff, flips, total = 0, 0.0, 0, 0
+    for (cx, cy), (dx, dy) in zip(cpu_convs, dev_convs):
+        equal += int(torch.equal(cy, dy))
+        diff = max(diff, float((cy - dy).abs().max()))
+        flips += int(((cx > 0) != (dx > 0)).sum())
+        total += cx.numel()
+    return dict(
+        full_forward_equal=equal,
+        full_forward_max_abs_diff=diff,
+        sign_flips=flips,
+        binary_inputs=total,
+    )
+
+
 def agreement_stage(
     config: str = PRETRAIN_CONFIG,
     batch_size: int = 8,
@@ -124,13 +151,7 @@ def agreement_stage(
     loss_cmim_cpu, loss_cmim_device, loss_cmim_rel_diff, loss_cls_rel_diff, ...).
     """
     cfg = load_cfg(config)
-    torch.manual_seed(seed)
-    cpu_model = build_pretrain_model(cfg)
-    dev_model = build_pretrain_model(cfg)
-    dev_model.load_state_dict(cpu_model.state_dict())
-    dev_model.to(device)
-    cpu_model.train()
-    dev_model.train()
+    cpu_model, dev_model = _twin_models(cfg, seed, device)
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn(batch_size, 3, size, size, generator=gen)
     label = torch.randint(0, cfg.model.num_classes, (batch_size,), generator=gen)
@@ -141,12 +162,7 @@ def agreement_stage(
             dev_model, inputs.to(device), label.to(device), index.to(device)
         )
         same = compare_same_input(_binary_convs(cpu_model), _binary_convs(dev_model), cpu_convs)
-    full_equal, full_diff, flips, total = 0, 0.0, 0, 0
-    for (cx, cy), (dx, dy) in zip(cpu_convs, dev_convs):
-        full_equal += int(torch.equal(cy, dy))
-        full_diff = max(full_diff, float((cy - dy).abs().max()))
-        flips += int(((cx > 0) != (dx > 0)).sum())
-        total += cx.numel()
+    full = _full_forward_diff(cpu_convs, dev_convs)
     layers = len(cpu_convs)
 
     def rel(key: str) -> float | None:
@@ -169,10 +185,7 @@ def agreement_stage(
         size=size,
         layers=layers,
         **same,
-        full_forward_equal=full_equal,
-        full_forward_max_abs_diff=full_diff,
-        sign_flips=flips,
-        binary_inputs=total,
+        **full,
         loss_cmim_cpu=cpu_losses.get("loss_cmim"),
         loss_cmim_device=dev_losses.get("loss_cmim"),
         loss_cmim_rel_diff=cmim_rel,
@@ -181,7 +194,8 @@ def agreement_stage(
     )
     log(
         f"[agreement] binary convs equal on the same input: {same['same_input_equal']}/{layers}, "
-        f"in the full forward: {full_equal}/{layers} ({flips} sign flips); loss_cmim rel diff "
+        f"in the full forward: {full['full_forward_equal']}/{layers} "
+        f"({full['sign_flips']} sign flips); loss_cmim rel diff "
         f"{_fmt_num(cmim_rel, '.2e')}: {'passed' if passed else 'FAILED'}"
     )
     return figures

@@ -87,6 +87,41 @@ def supported_dtypes(dtypes: Sequence[str] = AMP_DTYPES) -> tuple[list[str], dic
     return usable, skipped
 
 
+def _format_runs(
+    cfg: Config,
+    dtype: str | None,
+    batch: int,
+    requested: int,
+    size: int,
+    iters: int,
+    warmup: int,
+    device: str | torch.device,
+    log: Log,
+) -> list[dict]:
+    """Throughput of the pretraining step under ``dtype`` in each memory format, starting at
+    ``batch`` and halving until it fits; later formats start at the batch that fitted."""
+    name = dtype or "float32"
+    runs = []
+    for fmt in MEMORY_FORMATS:
+        run = fit_batch(
+            lambda b, fmt=fmt: measure_throughput(
+                pretrain_step(cfg, dtype, b, size, fmt, device), b, iters, warmup, device
+            ),
+            batch,
+            log,
+        )
+        batch = run["batch"]
+        run.update(dtype=name, memory_format=fmt, requested_batch=requested)
+        run["halved"] = batch < requested  # counted from the requested batch
+        runs.append(run)
+        log(
+            f"[pretrain] {name} {fmt} batch {run['batch']}: {run['images_per_s']:.0f} img/s, "
+            f"peak {_fmt_mib(run['peak_memory_mib'])}, non-finite losses "
+            f"{run['nonfinite_losses']}"
+        )
+    return runs
+
+
 def pretrain_stage(
     config: str = PRETRAIN_CONFIG,
     batch_size: int = 256,
@@ -122,25 +157,8 @@ def pretrain_stage(
     batch = batch_size
     for dtype in run_dtypes:
         name = dtype or "float32"
-        runs = []
-        for fmt in MEMORY_FORMATS:
-            run = fit_batch(
-                lambda b, dtype=dtype, fmt=fmt: measure_throughput(
-                    pretrain_step(cfg, dtype, b, size, fmt, device), b, iters, warmup, device
-                ),
-                batch,
-                log,
-            )
-            # later runs start at the batch that fitted; halved counts from the requested one
-            batch = run["batch"]
-            run.update(dtype=name, memory_format=fmt, requested_batch=batch_size)
-            run["halved"] = batch < batch_size
-            runs.append(run)
-            log(
-                f"[pretrain] {name} {fmt} batch {run['batch']}: {run['images_per_s']:.0f} img/s, "
-                f"peak {_fmt_mib(run['peak_memory_mib'])}, non-finite losses "
-                f"{run['nonfinite_losses']}"
-            )
+        runs = _format_runs(cfg, dtype, batch, batch_size, size, iters, warmup, device, log)
+        batch = runs[-1]["batch"]
         figures["runs"] += runs
         kept = max(runs, key=lambda r: r["images_per_s"])
         ratio = fit_batch(
