@@ -1,10 +1,10 @@
 """OpenVINO graphs of a binary ResNet: bit-packed ``BinaryConvolution`` layers and float ops.
 
 Built with OpenVINO's own op API (``openvino.opset1`` / ``opset13``); no kernel is written here.
-The input is (N, 3, H, W) float32 with dynamic N, H, W; the outputs are the backbone's stage
-outputs (N, C_i, H / s_i, W / s_i), in the order of ``out_indices``. ``BinaryConvolution`` needs
-static shapes on the CPU plugin, so a model is reshaped to a concrete input before compiling
-(:mod:`cmim_dense.deploy.runtime` does it).
+The input is (N, 3, H, W) float32, dynamic or static; the outputs are the backbone's stage
+outputs (N, C_i, H / s_i, W / s_i), in the order of ``out_indices``, named ``stage<i>``.
+``BinaryConvolution`` needs static shapes on the CPU plugin, so a dynamic model is reshaped to a
+concrete input before compiling (:mod:`cmim_dense.deploy.runtime` does it).
 
 Two flavours of the same network: ``binary=True`` runs every binary conv as an xnor-popcount
 ``BinaryConvolution`` with ``u1`` weights (the deployed model); ``binary=False`` runs it as the
@@ -214,10 +214,19 @@ class BackboneGraph:
         self.binary_convs = 0
         self.float_convs = 0
 
-    def build(self, out_indices: tuple[int, ...] | None = None) -> ov.Model:
-        """The model (N, 3, H, W) -> stage outputs ``out_indices`` (default: the backbone's)."""
+    def build(
+        self,
+        out_indices: tuple[int, ...] | None = None,
+        input_shape: tuple[int, int, int, int] | None = None,
+    ) -> ov.Model:
+        """The model (N, 3, H, W) -> stage outputs ``out_indices`` (default: the backbone's).
+
+        ``input_shape``: a static (N, 3, H, W) input, which the CPU plugin compiles as it is
+        (default: dynamic N, H, W, to be reshaped before compiling).
+        """
         indices = tuple(self.backbone.out_indices if out_indices is None else out_indices)
-        image = ops.parameter([-1, 3, -1, -1], np.float32, name="image")
+        shape = list(input_shape) if input_shape else [-1, 3, -1, -1]
+        image = ops.parameter(shape, np.float32, name="image")
         x = self._sequential(image.output(0), self.backbone.stem)
         outputs = []
         for i, stage in enumerate(self.backbone.stages):
