@@ -5,9 +5,11 @@
     backbone.xml / .bin   the backbone, every binary conv an xnor-popcount BinaryConvolution with
                           u1 weights (a backbone with no binary layer: plain fp32 IR)
     model.xml / .bin      dense models only: backbone + heads, outputs the heads' raw outputs
-                          (seg logits, depth in metres, at feature resolution); with
-                          ``int8_heads`` the heads are INT8 (NNCF post-training quantization) and
-                          the backbone is left exactly as it is
+                          (seg logits, depth in metres, at feature resolution)
+    heads.xml / .bin      instead of model.xml with ``int8_heads``: the heads alone, INT8 (NNCF
+                          post-training quantization), run on backbone.xml's outputs
+                          (:class:`~cmim_dense.deploy.runtime.ChainedModel`), so the backbone
+                          runs exactly as in the fp32 export
     export.json           what was exported, from what, how to compile it and how exact it is
                           (:data:`~cmim_dense.deploy.runtime.EXPORT_FORMAT`)
 
@@ -44,6 +46,7 @@ from cmim_dense.deploy.runtime import (
     COMPILE_PROPERTIES,
     EXPORT_FORMAT,
     STAMP,
+    ChainedModel,
     OpenVINOBackbone,
     require_binary_support,
 )
@@ -103,12 +106,27 @@ def backbone_ir(backbone: nn.Module, example: Tensor) -> tuple[ov.Model, dict]:
     return model, dict(binary_convs=0, float_convs=convs)
 
 
-def dense_ir(model: MultiTaskDense, backbone: ov.Model, feats: tuple[Tensor, ...]) -> ov.Model:
-    """Backbone + heads: the heads converted by OpenVINO's PyTorch frontend, fed by ``backbone``.
+def heads_ir(model: MultiTaskDense, feats: tuple[Tensor, ...]) -> ov.Model:
+    """The heads alone, converted by OpenVINO's PyTorch frontend: one input per stage output
+    (static, the shapes of ``feats`` (1, C_i, h_i, w_i)) -> raw head outputs, named by task."""
+    heads = ov.convert_model(_Heads(model).eval(), example_input=tuple(feats))
+    for result, name in zip(heads.get_results(), model.heads):
+        result.get_output_tensor(0).set_names({name})
+    return heads
+
+
+def dense_ir(
+    model: MultiTaskDense,
+    backbone: ov.Model,
+    feats: tuple[Tensor, ...],
+    heads: ov.Model | None = None,
+) -> ov.Model:
+    """Backbone + heads: ``heads`` (default: :func:`heads_ir`) fed by ``backbone``'s outputs.
 
     ``feats``: example stage outputs of the backbone (N, C_i, h_i, w_i), in its output order.
+    The backbone's nodes are reused as they are.
     """
-    heads = ov.convert_model(_Heads(model).eval(), example_input=tuple(feats))
+    heads = heads_ir(model, feats) if heads is None else heads
     params = heads.get_parameters()
     sources = [result.input_value(0) for result in backbone.get_results()]
     if len(params) != len(sources):
@@ -180,24 +198,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def quantize_heads(model: ov.Model, calibration: np.ndarray, keep: set[str]) -> ov.Model:
-    """``model`` with its float heads quantized to INT8 by NNCF post-training quantization.
-
-    Args:
-        model: the static dense IR (:func:`dense_ir`).
-        calibration: (N, 3, H, W) float32 normalised frames, N >= 1.
-        keep: friendly names of the nodes that stay as they are (the backbone's): NNCF's
-            ignored scope, so no FakeQuantize and no weight change enters the backbone.
-    """
+def quantize_heads(heads: ov.Model, features: list[tuple[np.ndarray, ...]]) -> ov.Model:
+    """``heads`` (:func:`heads_ir`) with its float convs quantized to INT8 by NNCF
+    post-training quantization, calibrated on ``features``: per frame, the backbone's stage
+    outputs (1, C_i, h_i, w_i) float32. Quantizing the heads alone, then stitching them to the
+    backbone (:func:`dense_ir`), leaves every backbone node as it is."""
     import nncf
 
-    dataset = nncf.Dataset([frame[None] for frame in np.asarray(calibration, np.float32)])
-    return nncf.quantize(
-        model,
-        dataset,
-        subset_size=len(calibration),
-        ignored_scope=nncf.IgnoredScope(names=sorted(keep), validate=False),
-    )
+    return nncf.quantize(heads, nncf.Dataset(features), subset_size=len(features))
 
 
 def export_model(
@@ -257,13 +265,20 @@ def export_model(
         input_shape=[1, 3, *input_size],
         compile=dict(properties=COMPILE_PROPERTIES, why=COMPILE_NOTE),
     )
-    full = None
+    full = heads = None
     if dense:
-        keep = {op.get_friendly_name() for op in ir.get_ops()}
-        full = dense_ir(model, ir, reference)
+        heads = heads_ir(model, reference)
         if calibration is not None:
-            full = quantize_heads(full, calibration, keep)
-        engine = OpenVINOBackbone(full)
+            backbone_engine = OpenVINOBackbone(ir)
+            features = [
+                tuple(f.numpy() for f in backbone_engine(torch.from_numpy(frame[None])))
+                for frame in np.asarray(calibration, np.float32)
+            ]
+            heads = quantize_heads(heads, features)
+            engine = ChainedModel(ir, heads)
+        else:
+            full = dense_ir(model, ir, reference, heads)
+            engine = OpenVINOBackbone(full)
         errors.update(_dense_errors(model, engine, image, reference))
         if frames is not None and len(frames):
             record["agreement"] = frame_agreement(model, engine, frames)
@@ -274,6 +289,8 @@ def export_model(
         ov.save_model(ir, tmp / "backbone.xml", compress_to_fp16=False)
         if full is not None:
             ov.save_model(full, tmp / "model.xml", compress_to_fp16=False)
+        elif heads is not None:
+            ov.save_model(heads, tmp / "heads.xml", compress_to_fp16=False)
         ir_bytes = (tmp / "backbone.bin").stat().st_size
         fp32_bytes = _state_bytes(backbone)
         record.update(
@@ -305,7 +322,10 @@ def _torch_heads(model: MultiTaskDense, feats: tuple[Tensor, ...]) -> dict[str, 
 
 
 def _dense_errors(
-    model: MultiTaskDense, engine: OpenVINOBackbone, image: Tensor, feats: tuple[Tensor, ...]
+    model: MultiTaskDense,
+    engine: OpenVINOBackbone | ChainedModel,
+    image: Tensor,
+    feats: tuple[Tensor, ...],
 ) -> dict:
     """Seg argmax agreement (%) and the largest depth difference (m) of the whole model, against
     the PyTorch heads on the PyTorch backbone's features ``feats``."""
@@ -325,7 +345,9 @@ def _dense_errors(
     return errors
 
 
-def frame_agreement(model: MultiTaskDense, engine: OpenVINOBackbone, frames: np.ndarray) -> dict:
+def frame_agreement(
+    model: MultiTaskDense, engine: OpenVINOBackbone | ChainedModel, frames: np.ndarray
+) -> dict:
     """The whole IR against the PyTorch model (its own backbone) on ``frames`` (N, 3, H, W).
 
     Both models' head outputs are resized to the frame size (bilinear, like the model's predict)

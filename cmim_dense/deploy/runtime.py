@@ -126,6 +126,49 @@ class OpenVINOBackbone:
         return tuple(torch.from_numpy(results[out]).to(x.device) for out in compiled.outputs)
 
 
+class SingleModel:
+    """One static IR, compiled by :func:`compile_model`, run frame by frame."""
+
+    def __init__(self, model: ov.Model, num_threads: int | None = None):
+        compiled = compile_model(model, num_threads)
+        self._request = compiled.create_infer_request()
+        self.outputs = compiled.outputs
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        """(1, 3, H, W) float32 -> copies of the outputs."""
+        results = self._request.infer(array, share_inputs=False, share_outputs=False)
+        return [results[port] for port in self.outputs]
+
+
+class ChainedModel:
+    """A static backbone IR feeding a static heads IR, compiled apart: (1, 3, H, W) -> the head
+    outputs, as arrays (:meth:`run`) or tensors (a call, like :class:`OpenVINOBackbone`).
+
+    The deployed form of INT8 heads: compiled in one graph with quantized heads, the CPU
+    plugin's low-precision transformations also rewrite the backbone's float ops (its outputs
+    then move by float rounding); compiled apart, the backbone runs exactly as in the fp32 IR.
+    The heads read the backbone's output tensors in place (no copy).
+    """
+
+    def __init__(self, backbone: ov.Model, heads: ov.Model, num_threads: int | None = None):
+        self._backbone = compile_model(backbone, num_threads).create_infer_request()
+        heads_compiled = compile_model(heads, num_threads)
+        self._heads = heads_compiled.create_infer_request()
+        for i in range(len(heads_compiled.inputs)):
+            self._heads.set_input_tensor(i, self._backbone.get_output_tensor(i))
+        self.outputs = heads_compiled.outputs
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        """(1, 3, H, W) float32 -> copies of the head outputs."""
+        self._backbone.infer(array)
+        self._heads.infer()
+        return [self._heads.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return tuple(torch.from_numpy(a).to(x.device) for a in self.run(array))
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
@@ -163,32 +206,38 @@ class ExportedModel:
             :func:`identity`).
     """
 
-    def __init__(self, folder: Path, record: dict, compiled: ov.CompiledModel):
+    def __init__(self, folder: Path, record: dict, num_threads: int | None = None):
         self.folder = folder
         self.record = record
         self.input_size: tuple[int, int] = tuple(record["input_size"])
         self.precision: str = record["precision"]
         self.identity: dict = record["identity"]
-        self._compiled = compiled
-        self.output_names: tuple[str, ...] = tuple(o.get_any_name() for o in compiled.outputs)
-        self._request = compiled.create_infer_request()
+        files = record.get("files", [])
+        if "heads.xml" in files:
+            names = ["backbone.xml", "heads.xml"]
+        else:
+            names = ["model.xml" if "model.xml" in files else "backbone.xml"]
+        for name in names:
+            for path in (folder / name, (folder / name).with_suffix(".bin")):
+                if not path.is_file():
+                    raise InputError(f"{folder}: {path.name} is missing; export again")
+        models = [ov.Core().read_model(folder / name) for name in names]
+        runner = ChainedModel(*models, num_threads) if len(models) == 2 else None
+        self._runner = runner or SingleModel(models[0], num_threads)
+        self.output_names: tuple[str, ...] = tuple(o.get_any_name() for o in self._runner.outputs)
 
     @classmethod
     def open(cls, folder: str | os.PathLike, num_threads: int | None = None) -> ExportedModel:
-        """Read ``folder/export.json`` and compile its whole model (``model.xml``; a backbone
-        export: ``backbone.xml``) with :func:`compile_model`.
+        """Read ``folder/export.json`` and compile its whole model with :func:`compile_model`:
+        ``model.xml``; INT8 heads: ``backbone.xml`` then ``heads.xml`` (:class:`ChainedModel`);
+        a backbone-only export: ``backbone.xml``.
 
         Raises:
             InputError: no folder, no or another format of ``export.json``, missing IR files, or
                 a CPU that cannot run ``BinaryConvolution``.
         """
         folder = Path(folder)
-        record = read_stamp(folder)
-        name = "model.xml" if "model.xml" in record.get("files", []) else "backbone.xml"
-        for path in (folder / name, (folder / name).with_suffix(".bin")):
-            if not path.is_file():
-                raise InputError(f"{folder}: {path.name} is missing; export again")
-        return cls(folder, record, compile_model(folder / name, num_threads))
+        return cls(folder, read_stamp(folder), num_threads)
 
     def check_identity(self, expected: dict) -> None:
         """Refuse, in one line, an IR exported from another config or checkpoint.
@@ -218,9 +267,8 @@ class ExportedModel:
             )
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for frame in images:
-            results = self._request.infer(frame[None], share_inputs=False, share_outputs=False)
-            for port, name in zip(self._compiled.outputs, self.output_names):
-                outputs[name].append(results[port])
+            for name, value in zip(self.output_names, self._runner.run(frame[None])):
+                outputs[name].append(value)
         return {name: np.concatenate(values) for name, values in outputs.items()}
 
 
