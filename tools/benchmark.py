@@ -10,6 +10,9 @@ python tools/benchmark.py deploy [--config CFG] [--size 480 640]
     the config's frozen binary backbone at batch 1 on 2 threads: PyTorch simulation, OpenVINO fp32
     IR, OpenVINO bit-packed binary IR, and every binary 3x3 layer alone; last lines:
     openvino_binary/torch_fp32, openvino_binary/openvino_fp32, size fp32/binary
+python tools/benchmark.py deploy --whole [--config CFG] [--size 480 640] [--threads 2]
+    the whole dense model: PyTorch eager, OpenVINO fp32, binary backbone + fp32 heads, binary +
+    INT8 heads; ratios, the heads' share and the 5 slowest ops (cmim_dense/bench/deploy_whole.py)
 
 Every comparison is timed interleaved (medians), so machine load hits all variants alike.
 """
@@ -58,6 +61,11 @@ def run_transfer(args: argparse.Namespace) -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> None:
+    if args.whole:
+        from cmim_dense.bench.deploy_whole import run_deploy_whole
+
+        run_deploy_whole(args.config, *args.size, args.threads, args.iters)
+        return
     torch.set_num_threads(args.threads)
     height, width = args.size
     steps, layers, sizes = deploy_steps(args.config, height, width, args.threads)
@@ -100,6 +108,7 @@ def main(argv=None) -> int:
     deploy.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     deploy.add_argument("--iters", type=int, default=11)
     deploy.add_argument("--threads", type=int, default=2)
+    deploy.add_argument("--whole", action="store_true", help="the whole dense model, deployed")
     args = parser.parse_args(argv)
     {"cmim": run_cmim, "transfer": run_transfer, "deploy": run_deploy}[args.what](args)
     return 0
