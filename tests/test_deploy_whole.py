@@ -225,3 +225,64 @@ def test_the_loader_refuses_other_formats(tmp_path):
         ExportedModel.open(folder)
     with pytest.raises(InputError, match="no such export folder"):
         ExportedModel.open(tmp_path / "absent")
+
+
+def _binary_conv_inputs(net: BinaryResNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input each binary conv of ``net`` sees on ``x``, in order."""
+    inputs: list[torch.Tensor] = []
+    convs = net.binary_convs()
+    hooks = [c.register_forward_pre_hook(lambda _, args: inputs.append(args[0])) for c in convs]
+    with torch.no_grad():
+        net(x)
+    for hook in hooks:
+        hook.remove()
+    return inputs
+
+
+@pytest.mark.parametrize("size", [(37, 53), (1536, 1536)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_every_binary_layer_is_exact_to_the_integer_at_small_and_large_sizes(size):
+    """Fed the same input as in PyTorch, each layer's xnor-popcount result plus border map
+    equals PyTorch's conv of the signs exactly (output stride 8: dilations 2 and 4, the
+    latter padded by a depthwise conv). A whole binary network still amplifies float rounding
+    (one sign flip near a threshold cascades), so exactness is a per-layer property."""
+    import openvino.opset13 as ops
+    import torch.nn.functional as F
+
+    from cmim_dense.deploy.fold import fold_binary_conv
+    from cmim_dense.deploy.graph import binary_conv_integer
+
+    torch.manual_seed(0)
+    net = BinaryResNet(base_channels=8, binarizer="react", block="react", output_stride=8).eval()
+    trained_like(net, seed=8)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    for conv, u in zip(net.binary_convs(), _binary_conv_inputs(net, x)):
+        folded = fold_binary_conv(conv)
+        with torch.no_grad():
+            signs = conv.binarizer.activation(u).sign
+            expected = F.conv2d(
+                signs,
+                torch.from_numpy(folded.signs),
+                None,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+            )
+        image = ops.parameter(list(u.shape), np.float32)
+        model = ov.Model([ops.result(binary_conv_integer(image.output(0), folded))], [image])
+        got = runtime.compile_model(model, 2)(u.numpy())[0]
+        assert np.array_equal(got, expected.numpy()), (conv, size)
+
+
+def test_the_static_backbone_runs_no_reference_kernel():
+    """OpenVINO's per-op counters of a static binary backbone at output stride 8 (padding 4
+    above the plugin's limit) name no ``ref*`` kernel: binarization by FakeQuantize, padding by
+    a depthwise conv, border maps folded to constants."""
+    from cmim_dense.deploy.graph import BackboneGraph
+
+    net = BinaryResNet(base_channels=8, binarizer="react", block="react", output_stride=8).eval()
+    model = BackboneGraph(net).build(input_shape=(1, 3, 64, 80))
+    request = runtime.compile_model(model, 1, PERF_COUNT=True).create_infer_request()
+    request.infer(np.zeros((1, 3, 64, 80), np.float32))
+    kinds = {(p.node_type, p.exec_type) for p in request.get_profiling_info()}
+    assert "BinaryConvolution" in {node_type for node_type, _ in kinds}
+    assert [k for k in kinds if k[1].startswith("ref")] == []
