@@ -49,6 +49,7 @@ setup(
         "h5py>=3.8",
         "opencv-python-headless>=4.8",
         "openvino>=2025.0",
+        "nncf>=2.14",
         "scikit-learn>=1.3",
         "scipy>=1.10",
         "matplotlib>=3.7",

@@ -22,11 +22,12 @@ from _binary_helpers import METHODS, block_of, trained_like
 from torch import nn
 
 from cmim_dense.binary import BINARIZERS, Binarizer, BinaryConv2d, hard_sign
-from cmim_dense.deploy.export import EXPORT_FORMAT, export_config, export_model
+from cmim_dense.deploy.export import export_model
 from cmim_dense.deploy.fold import NotExportableError, fold_binary_conv
 from cmim_dense.deploy.graph import BackboneGraph, binary_conv_integer, packed_bits
-from cmim_dense.deploy.runtime import OpenVINOBackbone
+from cmim_dense.deploy.runtime import EXPORT_FORMAT, OpenVINOBackbone, compile_model
 from cmim_dense.engine.config import load_config
+from cmim_dense.engine.export import export_config
 from cmim_dense.models import BinaryResNet, MultiTaskDense
 from cmim_dense.registry import MODELS
 
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 def _compile(model: ov.Model, shape: tuple[int, ...]) -> ov.CompiledModel:
     model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})
+    return compile_model(model, 1)  # the f32 hint: exact whatever the CPU's default precision
 
 
 # -- one layer ---------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ cmim-dense benchmark deploy [--config CFG] [--size 480 640]
     the config's frozen binary backbone at batch 1 on 2 threads: PyTorch simulation, OpenVINO fp32
     IR, OpenVINO bit-packed binary IR, and every binary 3x3 layer alone; last lines:
     openvino_binary/torch_fp32, openvino_binary/openvino_fp32, size fp32/binary
+cmim-dense benchmark deploy --whole [--config CFG] [--size 480 640] [--threads 2]
+    the whole dense model: PyTorch eager, OpenVINO fp32, binary backbone + fp32 heads, binary +
+    INT8 heads; ratios, the heads' share and the 5 slowest ops (cmim_dense/bench/deploy_whole.py)
 
 Every comparison is timed interleaved (medians), so machine load hits all variants alike. The
 first line names torch's CPU capability (the instruction set its kernels use).
@@ -61,6 +64,11 @@ def run_transfer(args: argparse.Namespace) -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> None:
+    if args.whole:
+        from cmim_dense.bench.deploy_whole import run_deploy_whole
+
+        run_deploy_whole(args.config, *args.size, args.threads, args.iters)
+        return
     import torch
 
     from cmim_dense.bench.deploy import deploy_steps
@@ -114,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--iters", type=iters, default=11)
     deploy.add_argument("--threads", type=int_at_least(1), default=2)
+    deploy.add_argument("--whole", action="store_true", help="the whole dense model, deployed")
     return parser
 
 

@@ -1,10 +1,10 @@
 """OpenVINO graphs of a binary ResNet: bit-packed ``BinaryConvolution`` layers and float ops.
 
 Built with OpenVINO's own op API (``openvino.opset1`` / ``opset13``); no kernel is written here.
-The input is (N, 3, H, W) float32 with dynamic N, H, W; the outputs are the backbone's stage
-outputs (N, C_i, H / s_i, W / s_i), in the order of ``out_indices``. ``BinaryConvolution`` needs
-static shapes on the CPU plugin, so a model is reshaped to a concrete input before compiling
-(:mod:`cmim_dense.deploy.runtime` does it).
+The input is (N, 3, H, W) float32, dynamic or static; the outputs are the backbone's stage
+outputs (N, C_i, H / s_i, W / s_i), in the order of ``out_indices``, named ``stage<i>``.
+``BinaryConvolution`` needs static shapes on the CPU plugin, so a dynamic model is reshaped to a
+concrete input before compiling (:mod:`cmim_dense.deploy.runtime` does it).
 
 Two flavours of the same network: ``binary=True`` runs every binary conv as an xnor-popcount
 ``BinaryConvolution`` with ``u1`` weights (the deployed model); ``binary=False`` runs it as the
@@ -79,12 +79,16 @@ def _conv(x: Node, conv: nn.Conv2d) -> Node:
 def _border_map(x: Node, folded: FoldedBinaryConv, kernel: np.ndarray) -> Node:
     """conv(P, kernel): P is 1 on the padded border of x's spatial grid, 0 inside.
 
-    (1, K, H', W') for a (K, 1, kh, kw) kernel; built from x's shape, so it follows any input
-    size (and folds to a constant once the shape is static).
+    (1, K, H', W') for a (K, 1, kh, kw) kernel. For a static x it is built from constants, which
+    the plugin folds into one constant at compile time; for a dynamic x from x's shape, so it
+    follows any input size.
     """
-    shape = ops.shape_of(x).output(0)
-    hw = ops.gather(shape, _int([2, 3]), _int(0)).output(0)
-    grid = ops.concat([_int([1, 1]), hw], 0).output(0)
+    if x.get_partial_shape().is_static:
+        grid = _int([1, 1, *x.get_shape()[2:]])
+    else:
+        shape = ops.shape_of(x).output(0)
+        hw = ops.gather(shape, _int([2, 3]), _int(0)).output(0)
+        grid = ops.concat([_int([1, 1]), hw], 0).output(0)
     zeros = ops.broadcast(_const(0.0), grid).output(0)
     ph, pw = folded.padding
     padded = ops.pad(zeros, _int([0, 0, ph, pw]), _int([0, 0, ph, pw]), "constant", _const(1.0))
@@ -105,6 +109,53 @@ def _binary_input(x: Node, folded: FoldedBinaryConv) -> Node:
     return (ops.subtract(center, x) if folded.flip else ops.subtract(x, center)).output(0)
 
 
+def _binarize(u: Node, threshold: np.ndarray | float = 0.0) -> Node:
+    """1 where u > threshold, else 0 (which BinaryConvolution reads as +1 / -1).
+
+    A FakeQuantize with 2 levels, equal input bounds and output bounds {0, 1} is the CPU
+    plugin's binarization node: a jit kernel that writes the packed bits BinaryConvolution
+    reads (without it the plugin converts f32 to bits in a reference Reorder).
+    """
+    if np.ndim(threshold):
+        limit = _channel(threshold)
+    else:
+        limit = _const(np.full((1, 1, 1, 1), threshold, np.float32))
+    zero = _const(np.zeros((1, 1, 1, 1), np.float32))
+    one = _const(np.ones((1, 1, 1, 1), np.float32))
+    return ops.fake_quantize(u, limit, limit, zero, one, 2).output(0)
+
+
+def _zero_pad(u: Node, pad: list[int]) -> Node:
+    """u padded spatially with 0 by ``pad`` (h, w), as a depthwise 1x1 convolution of weight 1
+    (exact: u * 1 + 0). The CPU plugin runs ``Pad`` with a reference kernel, convolutions with
+    jit kernels."""
+    channels = u.get_partial_shape()[1].get_length()
+    weight = _const(np.ones((channels, 1, 1, 1, 1), np.float32))
+    return ops.group_convolution(u, weight, [1, 1], pad, pad, [1, 1]).output(0)
+
+
+def _packed_input(x: Node, folded: FoldedBinaryConv, extra: int) -> tuple[Node, list[int]]:
+    """The bits a layer's xnor-popcount conv reads, and the padding left to it.
+
+    sign(x - c) > 0 is x > c and sign(c - x) > 0 is -x > -c (IEEE subtraction of two different
+    finite floats is never 0), so the threshold goes into the binarization and no subtraction
+    is needed. Otherwise x - c is padded with zeros first (zeros binarize to -1): spatially
+    where the padding is above the plugin's limit, and by ``extra`` channels at the end.
+    """
+    pad = list(folded.padding)
+    if max(pad) <= MAX_NATIVE_PAD and not extra:
+        u = ops.negative(x).output(0) if folded.flip else x
+        threshold = -folded.center if folded.flip else folded.center
+        return _binarize(u, threshold if threshold.any() else 0.0), pad
+    u = _binary_input(x, folded)
+    if extra:
+        u = ops.pad(u, _int([0, 0, 0, 0]), _int([0, extra, 0, 0]), "constant", _const(0.0))
+        u = u.output(0)
+    if max(pad) > MAX_NATIVE_PAD:
+        u, pad = _zero_pad(u, pad), [0, 0]
+    return _binarize(u), pad
+
+
 def binary_conv_integer(x: Node, folded: FoldedBinaryConv, ones_kernel: bool = False) -> Node:
     """Y + C_s: the integer conv_{pad 0}(sign(u), s_w) of PyTorch, from an xnor-popcount conv.
 
@@ -118,7 +169,6 @@ def _binary_conv_and_border(
     x: Node, folded: FoldedBinaryConv, ones_kernel: bool
 ) -> tuple[Node, Node]:
     """(Y + C_s, C_s) of :func:`binary_conv_integer`: the result and its border map."""
-    u = _binary_input(x, folded)
     bits = folded.bits
     tap_sums = folded.tap_sums()
     if ones_kernel:
@@ -128,14 +178,9 @@ def _binary_conv_and_border(
     # -1 against weights of -1 add +1 per tap everywhere (the border included, padded with -1),
     # a constant taken off again below.
     extra = -bits.shape[1] % CHANNEL_ALIGN
+    u, pad = _packed_input(x, folded, extra)
     if extra:
-        u = ops.pad(u, _int([0, 0, 0, 0]), _int([0, extra, 0, 0]), "constant", _const(-1.0))
-        u = u.output(0)
         bits = np.concatenate([bits, np.zeros((bits.shape[0], extra, *bits.shape[2:]), bool)], 1)
-    pad = list(folded.padding)
-    if max(pad) > MAX_NATIVE_PAD:
-        u = ops.pad(u, _int([0, 0, *pad]), _int([0, 0, *pad]), "constant", _const(-1.0)).output(0)
-        pad = [0, 0]
     y = ops1.binary_convolution(
         u,
         ops.constant(packed_bits(bits)).output(0),
@@ -214,10 +259,19 @@ class BackboneGraph:
         self.binary_convs = 0
         self.float_convs = 0
 
-    def build(self, out_indices: tuple[int, ...] | None = None) -> ov.Model:
-        """The model (N, 3, H, W) -> stage outputs ``out_indices`` (default: the backbone's)."""
+    def build(
+        self,
+        out_indices: tuple[int, ...] | None = None,
+        input_shape: tuple[int, int, int, int] | None = None,
+    ) -> ov.Model:
+        """The model (N, 3, H, W) -> stage outputs ``out_indices`` (default: the backbone's).
+
+        ``input_shape``: a static (N, 3, H, W) input, which the CPU plugin compiles as it is
+        (default: dynamic N, H, W, to be reshaped before compiling).
+        """
         indices = tuple(self.backbone.out_indices if out_indices is None else out_indices)
-        image = ops.parameter([-1, 3, -1, -1], np.float32, name="image")
+        shape = list(input_shape) if input_shape else [-1, 3, -1, -1]
+        image = ops.parameter(shape, np.float32, name="image")
         x = self._sequential(image.output(0), self.backbone.stem)
         outputs = []
         for i, stage in enumerate(self.backbone.stages):

@@ -1,6 +1,21 @@
-"""Running an exported backbone in OpenVINO from PyTorch code."""
+"""Running exported models in OpenVINO: one compile helper, a backbone for PyTorch code, and the
+loader of an exported folder.
+
+Every model the project compiles goes through :func:`compile_model`, which passes
+:data:`COMPILE_PROPERTIES`: on CPUs with native bf16 (AVX512_BF16 or AMX) the CPU plugin's default
+``INFERENCE_PRECISION_HINT`` is bf16, which runs every float op of the graph (BN folds, border maps,
+residual adds, the heads) in bf16 and moves a binary network's outputs far from PyTorch's. A hint
+stored in the IR's ``rt_info`` is not honoured for this property (openvino 2026.4), so it is
+passed at compile time.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -9,15 +24,76 @@ from torch import Tensor, nn
 
 from cmim_dense.deploy.graph import BackboneGraph
 from cmim_dense.registry import BACKBONE_RUNTIMES
+from cmim_dense.utils.errors import InputError
+
+EXPORT_FORMAT = "cmim_dense.export/2"
+STAMP = "export.json"
+# f32: the exact float path on every CPU; LATENCY: one frame at a time, the deployment case.
+COMPILE_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+COMPILE_NOTE = (
+    "compile with core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'}): on CPUs "
+    "with native bf16 (AVX512_BF16 or AMX) OpenVINO's default is bf16, which runs every float op "
+    "of the graph in bf16 and moves the binary network's outputs far from PyTorch's"
+)
+
+
+@cache
+def _capabilities() -> tuple[str, ...]:
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def has_binary_convolution(model: ov.Model) -> bool:
+    """Whether ``model`` holds a ``BinaryConvolution`` node."""
+    return any(op.get_type_name() == "BinaryConvolution" for op in model.get_ops())
+
+
+def require_binary_support() -> None:
+    """Refuse, in one line, a CPU whose OpenVINO plugin does not run ``BinaryConvolution``.
+
+    The CPU plugin lists ``BIN`` in its ``OPTIMIZATION_CAPABILITIES`` where it has the kernel
+    (x86-64); ARM builds do not.
+
+    Raises:
+        InputError: the capability is missing.
+    """
+    caps = _capabilities()
+    if "BIN" not in caps:
+        raise InputError(
+            f"this CPU's OpenVINO plugin has no BinaryConvolution (capabilities: {', '.join(caps)})"
+            ": bit-packed export and the OpenVINO backbone need an x86-64 CPU; run the backbone "
+            "in PyTorch (backbone_backend='torch') instead"
+        )
+
+
+def compile_model(
+    model: ov.Model | str | os.PathLike, num_threads: int | None = None, **properties
+) -> ov.CompiledModel:
+    """Compile ``model`` (or an IR path) on the CPU with :data:`COMPILE_PROPERTIES`.
+
+    ``num_threads``: inference threads (default: ``torch.get_num_threads()``); ``properties``:
+    extra CPU properties (e.g. ``PERF_COUNT=True``).
+
+    Raises:
+        InputError: the model has a ``BinaryConvolution`` and this CPU cannot run it.
+    """
+    if not isinstance(model, ov.Model):
+        model = ov.Core().read_model(model)
+    if has_binary_convolution(model):
+        require_binary_support()
+    config = dict(
+        COMPILE_PROPERTIES,
+        INFERENCE_NUM_THREADS=num_threads or torch.get_num_threads(),
+        **properties,
+    )
+    return ov.Core().compile_model(model, "CPU", config)
 
 
 @BACKBONE_RUNTIMES.register_module(name="openvino")
 class OpenVINOBackbone:
     """Calls an OpenVINO model like a backbone: (N, 3, H, W) tensor -> tuple of stage outputs.
 
-    The model is compiled once per input shape (``BinaryConvolution`` needs static shapes) on
-    the CPU plugin with as many threads as torch uses. Inputs on another device are copied to
-    the CPU and the outputs back.
+    The model is compiled once per input shape (``BinaryConvolution`` needs static shapes) by
+    :func:`compile_model`. Inputs on another device are copied to the CPU and the outputs back.
 
     Args:
         model: an OpenVINO model with one (N, 3, H, W) input, e.g. from
@@ -28,7 +104,6 @@ class OpenVINOBackbone:
     def __init__(self, model: ov.Model, num_threads: int | None = None):
         self.model = model
         self.num_threads = num_threads or torch.get_num_threads()
-        self._core = ov.Core()
         self._compiled: dict[tuple[int, ...], ov.CompiledModel] = {}
 
     @classmethod
@@ -40,9 +115,9 @@ class OpenVINOBackbone:
         """The model compiled for inputs of ``shape`` (N, 3, H, W)."""
         if shape not in self._compiled:
             model = self.model.clone()
-            model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
-            config = {"INFERENCE_NUM_THREADS": self.num_threads, "PERFORMANCE_HINT": "LATENCY"}
-            self._compiled[shape] = self._core.compile_model(model, "CPU", config)
+            if model.inputs[0].get_partial_shape() != ov.PartialShape(list(shape)):
+                model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
+            self._compiled[shape] = compile_model(model, self.num_threads)
         return self._compiled[shape]
 
     def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
@@ -51,3 +126,170 @@ class OpenVINOBackbone:
         # Copies both ways: no OpenVINO buffer outlives its call inside a torch tensor.
         results = compiled(array, share_inputs=False, share_outputs=False)
         return tuple(torch.from_numpy(results[out]).to(x.device) for out in compiled.outputs)
+
+
+class SingleModel:
+    """One static IR, compiled by :func:`compile_model`, run frame by frame."""
+
+    def __init__(self, model: ov.Model, num_threads: int | None = None):
+        compiled = compile_model(model, num_threads)
+        self._request = compiled.create_infer_request()
+        self.outputs = compiled.outputs
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        """(1, 3, H, W) float32 -> copies of the outputs."""
+        results = self._request.infer(array, share_inputs=False, share_outputs=False)
+        return [results[port] for port in self.outputs]
+
+
+class ChainedModel:
+    """A static backbone IR feeding a static heads IR, compiled apart: (1, 3, H, W) -> the head
+    outputs, as arrays (:meth:`run`) or tensors (a call, like :class:`OpenVINOBackbone`).
+
+    The deployed form of INT8 heads: compiled in one graph with quantized heads, the CPU
+    plugin's low-precision transformations also rewrite the backbone's float ops (its outputs
+    then move by float rounding); compiled apart, the backbone runs exactly as in the fp32 IR.
+    The heads read the backbone's output tensors in place (no copy).
+    """
+
+    def __init__(self, backbone: ov.Model, heads: ov.Model, num_threads: int | None = None):
+        self._backbone = compile_model(backbone, num_threads).create_infer_request()
+        heads_compiled = compile_model(heads, num_threads)
+        self._heads = heads_compiled.create_infer_request()
+        for i in range(len(heads_compiled.inputs)):
+            self._heads.set_input_tensor(i, self._backbone.get_output_tensor(i))
+        self.outputs = heads_compiled.outputs
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        """(1, 3, H, W) float32 -> copies of the head outputs."""
+        self._backbone.infer(array)
+        self._heads.infer()
+        return [self._heads.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return tuple(torch.from_numpy(a).to(x.device) for a in self.run(array))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identity(config_text: str, checkpoint: str | os.PathLike | None) -> dict:
+    """What an export was made from: ``config_sha256`` of the resolved config text (mmengine's
+    ``cfg.pretty_text`` after ``--cfg-options``) and ``checkpoint_sha256`` of the checkpoint file
+    (None: the config's own initialisation)."""
+    return dict(
+        config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
+        checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
+    )
+
+
+class ExportedModel:
+    """An exported folder (``tools/export.py --out DIR``), compiled and ready to run.
+
+    Use :meth:`open`. The IR has a static (1, 3, H, W) input; a call runs (N, 3, H, W) float32
+    arrays, already normalised like the config's data preprocessor does, frame by frame.
+
+    Attributes:
+        folder: the folder.
+        record: its ``export.json``.
+        input_size: (H, W) the IR takes.
+        output_names: the outputs by name: ``('seg', 'depth')`` for a dense model (raw head
+            outputs at feature resolution: seg logits (N, K, h, w), depth metres (N, 1, h, w)),
+            ``('stage1', ...)`` for a backbone-only export.
+        precision: ``'fp32'`` or ``'int8_heads'`` (binary backbone, INT8 heads).
+        identity: ``config_sha256`` and ``checkpoint_sha256`` of what was exported (see
+            :func:`identity`).
+    """
+
+    def __init__(self, folder: Path, record: dict, num_threads: int | None = None):
+        self.folder = folder
+        self.record = record
+        self.input_size: tuple[int, int] = tuple(record["input_size"])
+        self.precision: str = record["precision"]
+        self.identity: dict = record["identity"]
+        files = record.get("files", [])
+        if "heads.xml" in files:
+            names = ["backbone.xml", "heads.xml"]
+        else:
+            names = ["model.xml" if "model.xml" in files else "backbone.xml"]
+        for name in names:
+            for path in (folder / name, (folder / name).with_suffix(".bin")):
+                if not path.is_file():
+                    raise InputError(f"{folder}: {path.name} is missing; export again")
+        models = [ov.Core().read_model(folder / name) for name in names]
+        runner = ChainedModel(*models, num_threads) if len(models) == 2 else None
+        self._runner = runner or SingleModel(models[0], num_threads)
+        self.output_names: tuple[str, ...] = tuple(o.get_any_name() for o in self._runner.outputs)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, num_threads: int | None = None) -> ExportedModel:
+        """Read ``folder/export.json`` and compile its whole model with :func:`compile_model`:
+        ``model.xml``; INT8 heads: ``backbone.xml`` then ``heads.xml`` (:class:`ChainedModel`);
+        a backbone-only export: ``backbone.xml``.
+
+        Raises:
+            InputError: no folder, no or another format of ``export.json``, missing IR files, or
+                a CPU that cannot run ``BinaryConvolution``.
+        """
+        folder = Path(folder)
+        return cls(folder, read_stamp(folder), num_threads)
+
+    def check_identity(self, expected: dict) -> None:
+        """Refuse, in one line, an IR exported from another config or checkpoint.
+
+        ``expected``: :func:`identity` of the config and checkpoint the caller uses.
+        """
+        for key in ("config_sha256", "checkpoint_sha256"):
+            if self.identity.get(key) != expected.get(key):
+                what = key.split("_")[0]
+                raise InputError(
+                    f"{self.folder} was exported from another {what} ({key} "
+                    f"{str(self.identity.get(key))[:12]}, expected {str(expected.get(key))[:12]})"
+                    "; export it again from this config and checkpoint"
+                )
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 3, H, W) float32 -> {output name: (N, ...) float32}.
+
+        Raises:
+            InputError: the frames' size is not :attr:`input_size`.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != self.input_size:
+            raise InputError(
+                f"{self.folder} takes (N, 3, {self.input_size[0]}, {self.input_size[1]}) images, "
+                f"got {images.shape}; resize the frames first"
+            )
+        outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
+        for frame in images:
+            for name, value in zip(self.output_names, self._runner.run(frame[None])):
+                outputs[name].append(value)
+        return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def read_stamp(folder: Path) -> dict:
+    """``folder/export.json`` of the current :data:`EXPORT_FORMAT`.
+
+    Raises:
+        InputError: missing, unreadable, or of another format.
+    """
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such export folder")
+    try:
+        record = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{folder}: no readable {STAMP} ({err}); export again") from None
+    found = record.get("format") if isinstance(record, dict) else None
+    if found != EXPORT_FORMAT:
+        raise InputError(
+            f"{folder}: {STAMP} has format {found!r}, this version reads {EXPORT_FORMAT!r}; "
+            "export again"
+        )
+    return record

@@ -7,7 +7,7 @@ Stages (each a function returning a plain dict of figures; units are in the key 
 1. :func:`pretrain_stage`: the ImageNet IR-Net + CMIM classifier at 224x224, batch 256 (halved
    until it fits), under each AMP dtype through mmengine's ``AmpOptimWrapper``, in the
    contiguous and the channels_last memory format (the faster is kept), and the CMIM step /
-   plain step ratio (:func:`~cmim_dense.engine.benchmark.median_step_times`).
+   plain step ratio (:func:`~cmim_dense.bench.timing.median_step_times`).
 2. :func:`transfer_stage`: the NYUD DeepLab model at 480x640, output stride 8, batch 8, with
    AMP; the frozen step / fine-tune step ratio and the time of the config's full schedule.
 3. :func:`nccl_stage`: 10 iterations of one NCCL process through ``tools/dist_train.sh`` on a

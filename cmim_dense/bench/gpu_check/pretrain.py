@@ -60,7 +60,7 @@ def cmim_ratio(
     device: str | torch.device = "cuda",
 ) -> dict:
     """CMIM step / plain step (lambda = 0, same network) under the same wrapper and batch,
-    timed interleaved by :func:`~cmim_dense.engine.benchmark.median_step_times`.
+    timed interleaved by :func:`~cmim_dense.bench.timing.median_step_times`.
 
     Returns dict(plain_step_ms, cmim_step_ms, cmim_step_ratio) (medians).
     """
