@@ -156,6 +156,10 @@ def test_openvino_backbone_agrees_with_pytorch(tiny):
 def test_bad_backend_and_arm_cpu_are_refused_in_one_line(tiny, monkeypatch):
     with pytest.raises(InputError, match="backend must be one of torch, openvino"):
         DenseInferencer(tiny["config"], tiny["checkpoint"], backend="onnx")
+    with pytest.raises(InputError, match="not a torch device"):
+        DenseInferencer(tiny["config"], tiny["checkpoint"], device="gpu0")
+    with pytest.raises(InputError, match="not a dense config"):
+        DenseInferencer(REPO / "configs" / "demo" / "pretrain_crops.py")
     monkeypatch.setattr(inferencer_module, "cpu_capabilities", lambda: ("FP32", "FP16"))
     with pytest.raises(InputError, match="no BinaryConvolution") as err:
         DenseInferencer(tiny["config"], tiny["checkpoint"], backend="openvino")

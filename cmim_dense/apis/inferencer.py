@@ -93,7 +93,9 @@ class _IRRunner:
 
     def __init__(self, cfg: Config, exported, align_corners: bool):
         self.exported = exported
-        self.preprocessor = MODELS.build(cfg.model.data_preprocessor).eval()
+        # the data preprocessor alone: the IR holds the model
+        preprocessor = cfg.model.data_preprocessor
+        self.preprocessor = MODELS.build(preprocessor).eval()
         self.align_corners = align_corners
 
     def __call__(self, item: dict) -> DenseResult:
@@ -167,15 +169,20 @@ class DenseInferencer:
                 cfg.merge_from_dict(cfg_options)
         else:
             cfg = load_config(config, cfg_options)
+        if not (cfg.model.get("seg_head") or cfg.model.get("depth_head")):
+            raise InputError(
+                f"{cfg.filename or 'the config'} is not a dense config: its model has no "
+                "seg_head and no depth_head"
+            )
         self.cfg = cfg
         self.pipeline = test_pipeline_for_arrays(cfg)
         self.classes = class_names(cfg)
         if ir is None:
             if backend == "openvino":
                 require_binary_convolution()
-            self._runner = _TorchRunner(cfg, checkpoint, backend, device)
+            self._runner = _TorchRunner(cfg, checkpoint, backend, torch_device(device))
         else:
-            if backend != "torch" or torch.device(device).type != "cpu":
+            if backend != "torch" or torch_device(device).type != "cpu":
                 raise InputError(
                     "--backend and --device choose how the PyTorch model runs; an --ir runs the "
                     "whole exported model in OpenVINO on the CPU"
@@ -198,6 +205,23 @@ class DenseInferencer:
         if isinstance(images, str | os.PathLike | np.ndarray):
             return self.predict_one(images)
         return [self.predict_one(image) for image in images]
+
+
+def torch_device(name: str) -> torch.device:
+    """``name`` as a torch device that this machine has.
+
+    Raises:
+        InputError: not a device name, or a CUDA device without CUDA.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(
+            f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    return device
 
 
 def _align_corners(cfg: Config) -> bool:
