@@ -129,7 +129,7 @@ def write_legend(path: str | os.PathLike, classes: Sequence[str]) -> Path:
     FigureCanvasAgg(fig)
     fig.legend(handles=handles, loc="center", ncol=4, fontsize=8, frameon=False,
                title="class id, name: colour in *_seg.png", title_fontsize=9)  # fmt: skip
-    return save_figure_atomic(fig, path, dpi=100)
+    return save_figure_atomic(fig, path, dpi=100, bbox_inches="tight")
 
 
 class VideoWriter:
