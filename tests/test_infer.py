@@ -213,7 +213,7 @@ def _export_api():
     return export_config
 
 
-def test_whole_exported_model_runs_and_a_foreign_export_is_refused(tiny, tmp_path):
+def test_whole_exported_model_runs_and_a_foreign_export_is_refused(tiny, tmp_path, capsys):
     export_config = _export_api()
     out = tmp_path / "ir"
     export_config(str(tiny["config"]), str(tiny["checkpoint"]), out, (60, 80))
@@ -228,6 +228,18 @@ def test_whole_exported_model_runs_and_a_foreign_export_is_refused(tiny, tmp_pat
     torch.save(state, other)
     with pytest.raises(InputError, match="exported from another checkpoint"):
         DenseInferencer(tiny["config"], other, ir=out)
+    # the tool: any image size (resized to the IR's and back), a foreign export in one line
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), _image(45, 70, 14)[..., ::-1])
+    argv = [str(tiny["config"]), str(tiny["checkpoint"]), str(image), "--ir", str(out)]
+    assert infer_main([*argv, "--out", str(tmp_path / "o")]) == 0
+    with np.load(tmp_path / "o" / "photo.npz") as npz:
+        assert npz["seg"].shape == (45, 70) and npz["depth"].shape == (45, 70)
+    argv[1] = str(other)
+    capsys.readouterr()
+    assert infer_main([*argv, "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exported from another checkpoint" in err[0]
     with pytest.raises(InputError, match="runs the whole exported model"):
         DenseInferencer(tiny["config"], tiny["checkpoint"], ir=out, backend="openvino")
 
