@@ -67,7 +67,7 @@ class _TorchRunner:
     """The checkpoint in PyTorch: mmseg's ``test_step`` (data preprocessor, heads, outputs
     resized back to the image). ``backend='openvino'`` runs the frozen backbone bit-packed."""
 
-    def __init__(self, cfg: Config, checkpoint, backend: str, device: str):
+    def __init__(self, cfg: Config, checkpoint, backend: str, device: torch.device):
         options = {"model.backbone_backend": backend} if backend != "torch" else None
         self.model = build_model(cfg, checkpoint, cfg_options=options).to(device).eval()
 
