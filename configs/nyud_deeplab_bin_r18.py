@@ -11,3 +11,6 @@ _base_ = [
 ]
 val_evaluator = dict(_delete_=True, type="DenseMetric", depth_reduction="pooled")
 test_evaluator = val_evaluator
+# mmseg's SegLocalVisualizer drawing segmentation and depth in NYU40 colours: what
+# mmseg.apis.MMSegInferencer and show_result_pyplot need.
+visualizer = dict(type="DenseLocalVisualizer")

@@ -11,7 +11,6 @@ from cmim_dense.evaluation.visualize import (
     MISSING_GREY,
     NYU40_PALETTE,
     PANEL_TITLES,
-    _stamp_text,
     colorize_depth,
     colorize_seg,
     depth_range_text,
@@ -20,6 +19,7 @@ from cmim_dense.evaluation.visualize import (
     qualitative_figure,
     sample_panel,
     save_predictions_npz,
+    stamp_text,
     valid_depth_range,
 )
 from cmim_dense.nyud_io.classes import NYUD40_CLASSES
@@ -101,7 +101,7 @@ def test_sample_panel_writes_its_own_depth_range():
     assert depth_range_text(vmin, vmax) == f"{vmin:.2f}-{vmax:.2f} m"
     plain_gt = colorize_depth(gt_depth, vmin, vmax)
     gt_tile = np.split(sample_panel(rgb, gt_seg, pred_seg, gt_depth, pred_depth), 5, axis=1)[3]
-    assert np.array_equal(gt_tile, _stamp_text(plain_gt, depth_range_text(vmin, vmax)))
+    assert np.array_equal(gt_tile, stamp_text(plain_gt, depth_range_text(vmin, vmax)))
     changed_rows, changed_cols = np.nonzero(np.any(gt_tile != plain_gt, axis=2))
     assert changed_rows.size > 20  # the text is there ...
     assert changed_rows.min() >= H // 2 and changed_cols.min() < W // 4  # ... bottom-left

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from mmcv.transforms import RandomResize
+from mmseg.datasets.transforms import LoadDepthAnnotation as MMSegLoadDepthAnnotation
 
 from cmim_dense.registry import TRANSFORMS
 from cmim_dense.utils.errors import InputError
@@ -57,3 +58,24 @@ class RandomResizeDepth(RandomResize):
             scale = math.sqrt(w_scale * h_scale)
             results["gt_depth_map"] = (depth / scale).astype(np.float32, copy=False)
         return results
+
+
+@TRANSFORMS.register_module()
+class LoadDepthAnnotation(MMSegLoadDepthAnnotation):
+    """mmseg's ``LoadDepthAnnotation``, passing through an image that comes without annotations.
+
+    The configs' test pipeline loads depth after the image. A user's image
+    (``mmseg.apis.inference_model``, which removes only ``LoadAnnotations`` from the pipeline, or
+    this project's inferencer) has neither ``depth_map_path`` nor ``seg_map_path`` and is left
+    without ``gt_depth_map``. A dataset sample with a segmentation path but no depth path still
+    fails (KeyError), as does an unreadable depth file. Registered under mmseg's name in the
+    project's scope, so the configs keep mmseg's transform name.
+
+    Added keys (when ``depth_map_path`` is present): ``gt_depth_map`` (H, W) float32, scaled by
+    ``depth_rescale_factor`` (1e-3: millimetres to metres), and ``depth_rescale_factor``.
+    """
+
+    def transform(self, results: dict) -> dict:
+        if "depth_map_path" not in results and "seg_map_path" not in results:
+            return results
+        return super().transform(results)

@@ -121,7 +121,7 @@ def present_classes(segs: Iterable[np.ndarray | None]) -> list[int]:
     return sorted(found)
 
 
-def _stamp_text(tile: np.ndarray, text: str) -> np.ndarray:
+def stamp_text(tile: np.ndarray, text: str) -> np.ndarray:
     """(H, W, 3) uint8 ``tile`` with ``text`` in white on a dark box in its bottom-left corner;
     the font is H/12 pixels high, within 7..16 px, and text past the tile is cut off."""
     h, w = tile.shape[:2]
@@ -184,7 +184,7 @@ def sample_panel(
         elif not is_depth:
             tiles.append(colorize_seg(arr))
         elif own_range and not stamped:
-            tiles.append(_stamp_text(colorize_depth(arr, vmin, vmax), depth_range_text(vmin, vmax)))
+            tiles.append(stamp_text(colorize_depth(arr, vmin, vmax), depth_range_text(vmin, vmax)))
             stamped = True
         else:
             tiles.append(colorize_depth(arr, vmin, vmax))

@@ -43,6 +43,9 @@ class MultiTaskDense(BaseSegmentor):
             ``freeze_backbone``.
         test_cfg: ``dict(mode='whole')``: predictions on the whole image (the only mode).
         data_preprocessor: typically ``DenseDataPreProcessor``.
+        pretrained: the backbone's pretrained checkpoint, as mmseg's ``EncoderDecoder`` takes
+            it (``mmseg.apis.init_model`` sets it to None); the configs set
+            ``backbone.pretrained`` instead.
 
     Inputs (N, 3, H, W); ``predict`` fills each data sample's ``pred_sem_seg`` (1, H0, W0)
     class ids and ``pred_depth_map`` (1, H0, W0) metres at the original image size.
@@ -60,8 +63,15 @@ class MultiTaskDense(BaseSegmentor):
         test_cfg: dict | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
+        pretrained: str | None = None,
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if pretrained is not None:
+            if backbone.get("pretrained") is not None:
+                raise InputError(
+                    "both model.pretrained and model.backbone.pretrained are set; keep one"
+                )
+            backbone = dict(backbone, pretrained=pretrained)
         if seg_head is None and depth_head is None:
             raise InputError("MultiTaskDense needs a seg_head, a depth_head, or both")
         mode = (test_cfg or {}).get("mode", "whole")
@@ -123,6 +133,12 @@ class MultiTaskDense(BaseSegmentor):
             for name, head in (("seg", self.seg_head), ("depth", self.depth_head))
             if head is not None
         }
+
+    @property
+    def decode_head(self):
+        """The segmentation head (the depth head without one) under mmseg's name, which
+        ``mmseg.apis.init_model`` reads when a checkpoint has no ``dataset_meta``."""
+        return self.seg_head or self.depth_head
 
     def _drop_engine(self, module, incompatible_keys) -> None:
         """``load_state_dict`` post hook: the compiled backbone holds the old weights."""
