@@ -22,6 +22,7 @@ from cmim_dense import compat
 
 compat.apply()  # before mmseg is imported anywhere
 
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS  # noqa: E402
 from mmengine.registry import Registry  # noqa: E402
 from mmseg import registry as mmseg  # noqa: E402
 
@@ -54,6 +55,7 @@ VISUALIZERS = _child(mmseg.VISUALIZERS, "cmim_dense.evaluation", "mmseg.visualiz
 VISBACKENDS = _child(mmseg.VISBACKENDS, "mmseg.visualization")
 LOG_PROCESSORS = _child(mmseg.LOG_PROCESSORS, "mmseg.visualization")
 INFERENCERS = _child(mmseg.INFERENCERS)
+FUNCTIONS = _child(MMENGINE_FUNCTIONS)  # mmseg has none; its inferencer searches the scope's
 
 # Where a frozen backbone's forward may run besides PyTorch (``MultiTaskDense``'s
 # ``backbone_backend``). The OpenVINO runtime registers itself here when it is imported, so
