@@ -146,3 +146,32 @@ def test_wheel_loads_its_configs_from_any_folder(tmp_path):
     assert found["backbone"] == "BinaryResNet"
     assert found["crop"] == [480, 640]
     assert found["scope"] == "cmim_dense"
+
+
+def test_mmseg_init_model_builds_the_main_config():
+    """mmseg's own entry point builds the main config in the project's scope; it sets
+    ``model.pretrained = None`` as for its segmentors, which MultiTaskDense accepts."""
+    from mmseg.apis import init_model
+
+    from cmim_dense.engine.config import resolve_config
+    from cmim_dense.models.dense import MultiTaskDense
+
+    model = init_model(resolve_config("nyud_deeplab_bin_r18"), device="cpu")
+    assert isinstance(model, MultiTaskDense)
+    assert not model.training
+
+
+def test_model_pretrained_is_the_backbones(tmp_path):
+    from cmim_dense.engine.config import build_model
+    from cmim_dense.utils.errors import InputError
+
+    weights = str(tmp_path / "backbone.pth")
+    model = build_model("nyud_deeplab_bin_r18", cfg_options={"model.pretrained": weights})
+    assert model.backbone.init_cfg == {
+        "type": "Pretrained",
+        "checkpoint": weights,
+        "prefix": "backbone.",
+    }
+    options = {"model.pretrained": weights, "model.backbone.pretrained": weights}
+    with pytest.raises(InputError, match="not both"):
+        build_model("nyud_deeplab_bin_r18", cfg_options=options)

@@ -43,6 +43,8 @@ class MultiTaskDense(BaseSegmentor):
             ``freeze_backbone``.
         test_cfg: ``dict(mode='whole')``: predictions on the whole image (the only mode).
         data_preprocessor: typically ``DenseDataPreProcessor``.
+        pretrained: the backbone's weights, as mmseg's segmentors take them (a shorthand for
+            ``backbone.pretrained``; ``mmseg.apis.init_model`` sets it to None).
 
     Inputs (N, 3, H, W); ``predict`` fills each data sample's ``pred_sem_seg`` (1, H0, W0)
     class ids and ``pred_depth_map`` (1, H0, W0) metres at the original image size.
@@ -60,8 +62,16 @@ class MultiTaskDense(BaseSegmentor):
         test_cfg: dict | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
+        pretrained: str | None = None,
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if pretrained is not None:
+            if backbone.get("pretrained") is not None:
+                raise InputError(
+                    "set the backbone's weights once: model.pretrained or "
+                    "model.backbone.pretrained, not both"
+                )
+            backbone = {**backbone, "pretrained": pretrained}
         if seg_head is None and depth_head is None:
             raise InputError("MultiTaskDense needs a seg_head, a depth_head, or both")
         mode = (test_cfg or {}).get("mode", "whole")
