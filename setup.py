@@ -1,4 +1,11 @@
-"""Install cmim_dense: ``pip install -e ".[test]"``."""
+"""Install cmim_dense: ``pip install -e ".[test]"`` (or ``pip install .``).
+
+The wheel carries the configs as package data at ``cmim_dense/.mim/configs``, where OpenMMLab's
+packages keep theirs (mmseg's ``setup.py`` copies its ``configs/`` there at build time). In the
+repository ``cmim_dense/.mim/configs`` is a link to ``configs/`` (and ``.mim/model-index.yml``
+to ``model-index.yml``), so an editable install and a checkout see the same files as a wheel;
+setuptools follows the link when it collects the package data, for the wheel and the sdist.
+"""
 
 import os
 import subprocess
@@ -31,6 +38,10 @@ def _mmcv_requirement() -> str:
     return "mmcv-lite==2.1.0"
 
 
+# Everything under these patterns (relative to cmim_dense/) ships in the wheel;
+# tests/test_packaging.py checks that every file of configs/ is matched.
+PACKAGE_DATA = (".mim/configs/**/*.py", ".mim/model-index.yml")
+
 setup(
     name="cmim_dense",
     version="0.1.0",
@@ -39,9 +50,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["cmim_dense", "cmim_dense.*"]),
+    package_data={"cmim_dense": [*PACKAGE_DATA]},
+    entry_points={"console_scripts": ["cmim-dense = cmim_dense.cli.main:main"]},
     install_requires=[
-        "torch>=2.1,<=2.14.1",
-        "torchvision>=0.16,<=0.29.1",
+        "torch>=2.14.1,<2.16",
+        "torchvision>=0.29.1,<0.30",
         "mmengine==0.10.7",
         "mmsegmentation==1.2.2",
         _mmcv_requirement(),

@@ -68,7 +68,7 @@ class NYUDv2Dataset(BaseSegDataset):
             if folder and not fileio.isdir(folder, backend_args=self.backend_args):
                 raise InputError(
                     f"{type(self).__name__}: {key} folder {folder} not found; "
-                    "set data_root or run tools/prepare_nyud.py"
+                    "set data_root or run cmim-dense prepare_nyud"
                 )
         data_list = super().load_data_list()
         if not data_list:

@@ -32,8 +32,8 @@ from cmim_dense.registry import (
 from cmim_dense.utils.checkpoint import load_state_dict_strict, read_state_dict
 from cmim_dense.utils.errors import InputError
 
-# The configs shipped inside the package (``setup.py`` puts the repository's ``configs/`` there,
-# where mmengine's ``Config.fromfile('cmim_dense::NAME.py')`` also looks).
+# The configs shipped inside the package: the wheel carries the repository's ``configs/`` there
+# (setup.py), where mmseg and mmpretrain keep theirs.
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / ".mim" / "configs"
 
 # Which registry builds the ``type`` of each part of a config (nested dicts follow their parent).

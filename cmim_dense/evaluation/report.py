@@ -137,7 +137,7 @@ def read_run_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        raise RunDirError(f"{run_dir}: no {METRICS_FILE} (evaluate the run with tools/test.py)")
+        raise RunDirError(f"{run_dir}: no {METRICS_FILE} (evaluate the run with cmim-dense test)")
     try:
         record = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except OSError as e:
