@@ -15,7 +15,7 @@ from cmim_dense.evaluation.report import (
     DEFAULT_SIZE,
     SIZE_RANGE,
     RunDirError,
-    _dot_sizes,
+    dot_sizes,
     fig5_figure,
     read_run_metrics,
     run_labels,
@@ -160,11 +160,11 @@ def test_write_json_atomic_replaces_and_leaves_no_temp(tmp_path):
 
 
 def test_fig5_dot_sizes_follow_top1():
-    sizes, legend = _dot_sizes([50.0, None, 70.0, 60.0])
+    sizes, legend = dot_sizes([50.0, None, 70.0, 60.0])
     small, big = SIZE_RANGE
     assert sizes == [small, DEFAULT_SIZE, big, (small + big) / 2]
     assert legend == [(50.0, small), (60.0, (small + big) / 2), (70.0, big)]
-    assert _dot_sizes([None, None]) == ([DEFAULT_SIZE] * 2, [])
+    assert dot_sizes([None, None]) == ([DEFAULT_SIZE] * 2, [])
 
 
 def _edit_metrics(run_dir: Path, edit) -> None:

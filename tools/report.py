@@ -1,6 +1,11 @@
 """Report evaluated runs: report.md, report.json, fig5.png and qualitative.png.
 
     python tools/report.py RUN_DIR [RUN_DIR ...] --out DIR [--num-images K]
+    python tools/report.py --sweep SWEEP_DIR [SWEEP_DIR ...] --out DIR
+
+--sweep draws the paper's Fig. 5 across binarizers from demo-chain sweeps (tools/sweep.py
+--demo with --grid model.cmim_lambda=0,...): fig5_binarizers.png, .md (the paired differences
+per binarizer and metric) and .json; see cmim_dense/pipelines/sweep_figure.py.
 
 Each RUN_DIR needs the metrics.json written by tools/test.py; qualitative.png is drawn from
 the first RUN_DIR that has predictions/*.npz. Runs are labelled by their metrics.json name;
@@ -16,6 +21,7 @@ import sys
 
 import cmim_dense  # noqa: F401  (shims)
 from cmim_dense.evaluation.report import build_report
+from cmim_dense.pipelines.sweep_figure import write_fig5
 from cmim_dense.utils.errors import InputError
 
 
@@ -28,7 +34,13 @@ def _non_negative_int(text: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run dirs")
+    parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="evaluated run dirs")
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        metavar="SWEEP_DIR",
+        help="demo-chain sweep folders (not with RUN_DIR)",
+    )
     parser.add_argument("--out", required=True, help="output directory of the report")
     parser.add_argument(
         "--num-images",
@@ -42,7 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        written = build_report(args.run_dirs, args.out, args.num_images)
+        if bool(args.run_dirs) == bool(args.sweep):
+            raise InputError("give either RUN_DIRs or --sweep SWEEP_DIRs")
+        if args.sweep:
+            written = write_fig5(args.sweep, args.out)
+        else:
+            written = build_report(args.run_dirs, args.out, args.num_images)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -234,7 +234,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _dot_sizes(top1: list[float | None]) -> tuple[list[float], list[float]]:
+def dot_sizes(top1: list[float | None]) -> tuple[list[float], list[float]]:
     """Dot areas for each run and the top-1 values to show in the size legend."""
     known = [t for t in top1 if t is not None]
     if not known:
@@ -257,7 +257,7 @@ def fig5_figure(rows: list[dict]) -> Figure:
     on_plot = [r["mIoU"] is not None and r["neg_log_rmse"] is not None for r in rows]
     plotted = [r for r, ok in zip(rows, on_plot) if ok]
     skipped = [r["label"] for r, ok in zip(rows, on_plot) if not ok]
-    sizes, legend_sizes = _dot_sizes([r["pretrain_top1"] for r in plotted])
+    sizes, legend_sizes = dot_sizes([r["pretrain_top1"] for r in plotted])
     colours = matplotlib.colormaps["tab10"].colors
     for i, (row, size) in enumerate(zip(plotted, sizes)):
         colour = colours[i % len(colours)]
