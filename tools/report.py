@@ -7,8 +7,9 @@
 --demo with --grid model.cmim_lambda=0,...): fig5_binarizers.png, .md (the paired differences
 per binarizer and metric) and .json; see cmim_dense/pipelines/sweep_figure.py.
 
-Each RUN_DIR needs the metrics.json written by tools/test.py; qualitative.png is drawn from
-the first RUN_DIR that has predictions/*.npz. Runs are labelled by their metrics.json name;
+Each RUN_DIR needs the metrics.json written by tools/test.py; qualitative.png shows every
+RUN_DIR that has predictions/*.npz: K test images, each in one row per run, with the class
+legend and one depth colour bar. Runs are labelled by their metrics.json name;
 runs sharing a name get their directory's name appended (``"name [dir]"``), then ``" #k"`` if
 that still collides (see cmim_dense.evaluation.report).
 
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--num-images",
         type=_non_negative_int,
         default=4,
-        help="test images in qualitative.png (default 4; 0: no qualitative.png)",
+        help="test images in qualitative.png, each in a row per run (default 4; 0: none)",
     )
     return parser.parse_args(argv)
 
