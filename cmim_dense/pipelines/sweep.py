@@ -144,7 +144,7 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
     metrics = CHAIN_METRICS if spec.chain else PRETRAIN_METRICS
     runs = spec.runs()
     if spec.reference is not None:
-        aggregate([dict(setting=_setting(*run[:3]), seed=0) for run in runs], [], spec.reference)
+        check_reference([_setting(*run[:3]) for run in runs], spec.reference)
     records = []
     for i, run in enumerate(runs):
         records.append(_run_one(spec, *run, timer))
@@ -225,22 +225,27 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+def check_reference(settings: list[dict], reference: dict) -> None:
+    """Refuse a ``reference`` whose keys are not all in the grid, or that is none of
+    ``settings`` (once its values replace theirs)."""
+    unknown = set(reference) - set(settings[0])
+    if unknown:
+        raise InputError(f"reference keys {', '.join(sorted(unknown))} are not in the grid")
+    names = {setting_name(s) for s in settings}
+    if not any(setting_name({**s, **reference}) in names for s in settings):
+        raise InputError(f"reference {setting_name(reference)} matches no setting of the grid")
+
+
 def aggregate(records: list[dict], metrics: Sequence[str], reference: dict | None = None) -> dict:
     """Means, spreads and paired differences of ``records`` (see the module docstring)."""
     names = list(dict.fromkeys(setting_name(r["setting"]) for r in records))
     by_setting = {n: [r for r in records if setting_name(r["setting"]) == n] for n in names}
     reference = records[0]["setting"] if reference is None else reference
-    unknown = set(reference) - set(records[0]["setting"])
-    if unknown:
-        raise InputError(f"reference keys {', '.join(sorted(unknown))} are not in the grid")
-    # each setting's reference: the reference's values, the setting's own for the other keys
+    # each setting's reference: the reference's values, the setting's own for the other keys;
+    # a reference not run yet (a sweep in progress) gives no pair
     ref_of = {
         n: setting_name({**runs[0]["setting"], **reference}) for n, runs in by_setting.items()
     }
-    if not any(ref in by_setting for ref in ref_of.values()):
-        raise InputError(
-            f"reference {setting_name(reference)} matches no setting ({', '.join(names)})"
-        )
     settings = []
     for name, runs in by_setting.items():
         entry = dict(name=name, setting=runs[0]["setting"], seeds=[r["seed"] for r in runs])
