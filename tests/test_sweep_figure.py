@@ -12,7 +12,13 @@ import matplotlib.image
 import pytest
 from matplotlib.text import Annotation
 
-from cmim_dense.pipelines.sweep_figure import figure, load_sweeps, markdown, sweep_fig5
+from cmim_dense.pipelines.sweep_figure import (
+    figure,
+    group_name,
+    load_sweeps,
+    markdown,
+    sweep_fig5,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN, LAM = "model.backbone.binarizer", "model.cmim_lambda"
@@ -122,3 +128,10 @@ def test_tool_writes_figure_and_table_and_refuses_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_group_names():
+    assert group_name({BIN: "irnet", LAM: 0}) == "irnet"
+    both = {BIN: "react", "model.backbone.block": "react", LAM: 1e-4}
+    assert group_name(both) == "react, block=react"
+    assert group_name({LAM: 0}) == "default"

@@ -77,9 +77,11 @@ def load_sweeps(dirs: Sequence[str | Path]) -> tuple[list[dict], bool]:
 
 
 def group_name(setting: dict) -> str:
-    """A setting's group: its values other than lambda (``"irnet"``; ``"default"`` if none)."""
-    values = [str(v) for k, v in setting.items() if k != LAMBDA_KEY]
-    return ", ".join(values) or "default"
+    """A setting's group, from its keys other than lambda: the first one's value, then
+    ``key=value`` for the others (``"irnet"``, ``"react, block=react"``; ``"default"``)."""
+    items = [(k, v) for k, v in setting.items() if k != LAMBDA_KEY]
+    parts = [str(v) if i == 0 else f"{k.rsplit('.', 1)[-1]}={v}" for i, (k, v) in enumerate(items)]
+    return ", ".join(parts) or "default"
 
 
 def paired_runs(runs: list[dict]) -> tuple[list[dict], list[dict]]:
