@@ -10,7 +10,8 @@ setting of the same other values (its *group*, e.g. one binarizer) on the same s
 Figure: x = -log RMSE (RMSE in metres), y = mIoU (%), one colour per group, a hollow dot for
 lambda = 0 and a filled one per CMIM lambda, at the mean over seeds with error bars of one
 sample standard deviation (none from one seed), dot area linear in the mean pretraining
-top-1 (%), and an arrow from lambda = 0 to each CMIM setting of the group.
+top-1 (%) over the range shown, an arrow from lambda = 0 to each CMIM setting of the group,
+and each seed's pair as small dots joined by a dotted line.
 
 Table, per group, CMIM setting and metric: the lambda = 0 and CMIM means, the paired
 difference CMIM - (lambda = 0) as mean ± standard deviation over seeds, and on how many seeds
@@ -160,11 +161,25 @@ def figure(result: dict, title_note: str = "") -> Figure:
                 zorder=3,
             )
             if ref and not baseline:
+                # each seed's pair, faint: the paired differences the table counts
+                for x0, y0, x1, y1 in zip(
+                    ref["neg_log_rmse"]["values"], ref["mIoU"]["values"], x["values"], y["values"]
+                ):
+                    ax.plot([x0, x1], [y0, y1], color=colour, lw=0.8, ls=":", alpha=0.6)
+                    ax.scatter([x0], [y0], s=12, facecolors="white", edgecolors=colour, alpha=0.6)
+                    ax.scatter([x1], [y1], s=12, color=colour, alpha=0.6)
+                radius = {key: math.sqrt(area[key]) / 2 for key in (id(ref), id(entry))}
                 ax.annotate(
                     "",
                     (x["mean"], y["mean"]),
                     (ref["neg_log_rmse"]["mean"], ref["mIoU"]["mean"]),
-                    arrowprops=dict(arrowstyle="->", color=colour, lw=1.6, shrinkA=6, shrinkB=8),
+                    arrowprops=dict(
+                        arrowstyle="-|>",
+                        color=colour,
+                        lw=1.8,
+                        shrinkA=radius[id(ref)],
+                        shrinkB=radius[id(entry)],
+                    ),
                     zorder=4,
                 )
         handles.append(Line2D([], [], ls="", marker="o", color=colour, label=group["name"]))
@@ -172,6 +187,7 @@ def figure(result: dict, title_note: str = "") -> Figure:
     lams = sorted({e["setting"][LAMBDA_KEY] for g in result["groups"] for e in g["cmim"]})
     cmim = ", ".join(f"{v:g}" for v in lams)
     handles.append(Line2D([], [], ls="", marker="o", color="grey", label=f"CMIM, lambda = {cmim}"))
+    handles.append(Line2D([], [], ls=":", color="grey", label="one seed: lambda = 0 to CMIM"))
     first = ax.legend(handles=handles, loc="upper left", fontsize=8, title="binarizer")
     ax.add_artist(first)
     size_handles = [
