@@ -17,10 +17,12 @@ from cmim_dense.binary.functions import hard_sign
 from cmim_dense.engine.config import load_config
 from cmim_dense.evaluation.analysis import (
     FILES,
+    Activations,
     checkpoint_names,
     collect_activations,
     cosine_similarity,
     flip_rate,
+    layers_figure,
     select_images,
 )
 from cmim_dense.registry import DATASETS, MODELS
@@ -151,6 +153,65 @@ def test_plus_fraction_is_a_count_of_the_signs_of_the_taps_input():
     assert acts.plus_fraction.tolist() == [expected]
     assert acts.dims == [2 * 4 * 4]
     assert flip_rate(acts, acts).tolist() == [0.0]
+
+
+def _signs(rows: list[list[int]]) -> Activations:
+    """Activations of one layer whose a_B > 0 bits are ``rows`` (N x D)."""
+    bits = np.asarray(rows, dtype=np.uint8)
+    return Activations(
+        signs=[np.packbits(bits, axis=1)],
+        dims=[bits.shape[1]],
+        mi_bounds=np.zeros(1),
+        mi_gaps=np.zeros(1),
+        features=np.zeros((len(rows), 1), np.float32),
+        feature_shape=(1, 1, 1),
+        feature_pooled=False,
+    )
+
+
+def test_entry_information_is_the_binary_entropy_of_each_entry():
+    # entry 0: +1 on 2 of 4 images (1 bit); entry 1: always +1 (0 bits); entry 2: 1 of 4
+    # (H(1/4) = 2 - 3/4 log2 3 = 0.811278 bits); mean over the 3 entries
+    acts = _signs([[1, 1, 0], [1, 1, 1], [0, 1, 0], [0, 1, 0]])
+    h_quarter = 2 - 0.75 * np.log2(3)
+    assert acts.entry_information == pytest.approx([(1 + 0 + h_quarter) / 3], abs=1e-12)
+    assert acts.distinct_codes == [3]
+    # 11 entries: unpacking pads to 16 bits, and the padding must not count
+    wide = _signs([[1] * 11, [0] * 11])
+    assert wide.entry_information == pytest.approx([1.0]) and wide.distinct_codes == [2]
+
+
+def test_layers_figure_panels_and_caption():
+    info = [np.array([0.9, 0.8]), np.array([0.95, 0.7])]
+    gaps = [np.array([1e-6, 1e-5])] * 2
+    plus = [np.array([0.5, 0.4])] * 2
+    fig = layers_figure(
+        ["S1", "S2"], ["A", "B"], info, gaps, plus, [], np.log(15), 16, [[16, 16], [16, 12]]
+    )
+    axes = fig.axes
+    np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), info[0])
+    assert axes[0].get_ylim()[1] == pytest.approx(1.02)  # room under the 1-bit ceiling
+    caption = fig.get_supxlabel()
+    assert "on N = 16 images is log N" in caption and "at least 12 of 16" in caption
+    # no pair of checkpoints of one run: panel (d) is off and says why
+    assert not axes[3].axison and "of one run" in axes[3].texts[0].get_text()
+
+
+def test_flips_only_between_checkpoints_of_one_run(workspace, tmp_path):
+    """Checkpoints of two folders (two runs): no sign-flip rate between them."""
+    other = tmp_path / "run_b"
+    other.mkdir()
+    b = other / "b.pth"
+    b.write_bytes(workspace["b"].read_bytes())
+    out = tmp_path / "out"
+    args = [CONFIG, str(workspace["a"]), str(b), str(workspace["a"]), "--out", str(out)]
+    args += ["--names", "A", "B", "A2", "--num-images", "8"]
+    assert _main()(args + _cli_options(workspace["data"])) == 0
+    record = json.loads((out / "analysis.json").read_text())
+    assert record["flip_rates"] == []
+    for ckpt in record["checkpoints"]:
+        assert all(0.0 < h <= 1.0 for h in ckpt["entry_information_bits"])
+        assert all(1 <= c <= 8 for c in ckpt["distinct_codes"])
 
 
 def test_plus_fraction_matches_hard_sign_of_the_recorded_latent(workspace):

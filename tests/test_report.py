@@ -15,7 +15,7 @@ from cmim_dense.evaluation.report import (
     DEFAULT_SIZE,
     SIZE_RANGE,
     RunDirError,
-    _dot_sizes,
+    dot_sizes,
     fig5_figure,
     read_run_metrics,
     run_labels,
@@ -160,11 +160,11 @@ def test_write_json_atomic_replaces_and_leaves_no_temp(tmp_path):
 
 
 def test_fig5_dot_sizes_follow_top1():
-    sizes, legend = _dot_sizes([50.0, None, 70.0, 60.0])
+    sizes, legend = dot_sizes([50.0, None, 70.0, 60.0])
     small, big = SIZE_RANGE
     assert sizes == [small, DEFAULT_SIZE, big, (small + big) / 2]
     assert legend == [(50.0, small), (60.0, (small + big) / 2), (70.0, big)]
-    assert _dot_sizes([None, None]) == ([DEFAULT_SIZE] * 2, [])
+    assert dot_sizes([None, None]) == ([DEFAULT_SIZE] * 2, [])
 
 
 def _edit_metrics(run_dir: Path, edit) -> None:
@@ -277,3 +277,43 @@ def test_report_tool_out_is_a_file_exits_2(run_dirs, tmp_path, capsys):
     (err_line,) = capsys.readouterr().err.strip().splitlines()
     assert err_line.startswith(f"error: cannot use {out} as the output folder")
     assert out.read_text() == "a file"
+
+
+def test_qualitative_shows_every_run_in_rows(run_dirs, tmp_path):
+    """Each image in a row per run that saved it, image by image; runs without predictions
+    are named in the title; one depth colour bar and the class legend for all rows."""
+    from cmim_dense.evaluation.report import qualitative_rows
+    from cmim_dense.evaluation.visualize import DEPTH_BAR_LABEL, qualitative_figure
+
+    rng = np.random.default_rng(1)
+    for i in (0, 2):  # the first run saved two of the second run's three images
+        depth = rng.uniform(0.5, 9, (8, 12)).astype(np.float32)
+        seg = rng.integers(0, 40, (8, 12))
+        rgb = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+        save_predictions_npz(
+            run_dirs[0] / "predictions" / f"img_{i}.npz", rgb, seg, seg, depth, depth, f"img_{i}"
+        )
+    third = tmp_path / "work_dirs" / "no_preds"
+    write_run_metrics(third, "no_preds", "c.py", "x.pth", {}, {"mIoU": 1.0})
+    labels = ["cmim_react", "react", "no_preds"]
+    samples, row_labels, title = qualitative_rows([*run_dirs, third], labels, 2)
+    assert row_labels == [
+        "cmim_react\nimg_0",
+        "react\nimg_0",
+        "react\nimg_1",
+    ]
+    assert [s["name"] for s in samples] == ["img_0", "img_0", "img_1"]
+    assert "no predictions saved: no_preds" in title
+    fig = qualitative_figure(samples, row_labels, title)
+    tiles = [ax for ax in fig.axes if ax.images]
+    assert len(tiles) == 3 * 5
+    assert [ax.get_ylabel() for ax in tiles[::5]] == row_labels
+    assert sum(ax.get_label() == DEPTH_BAR_LABEL for ax in fig.axes) == 1
+    assert fig.legends and fig.legends[0].get_title().get_text().startswith("NYU40 classes")
+    assert qualitative_rows(run_dirs, labels[:2], 0) is None
+    assert qualitative_rows([third], labels[2:], 4) is None
+
+    out = tmp_path / "report"
+    assert _load_tool().main([*map(str, run_dirs), "--out", str(out), "--num-images", "3"]) == 0
+    with Image.open(out / "qualitative.png") as im:  # 5 rows: img_0 x 2, img_1, img_2 x 2
+        assert im.size[1] > 100 * (0.7 + 5 * 1.6 + 0.8)

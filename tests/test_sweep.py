@@ -112,3 +112,66 @@ def test_sweep_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "KEY=V1" in err[0]
     assert _tool()(["--seeds", "0", "--work-dir", str(tmp_path / "w")]) == 2
+
+
+def test_chain_sweep_sets_both_grid_in_both_stages_and_pairs_per_group(tmp_path, monkeypatch):
+    """A binarizer grid must reach the pretraining and the transfer config alike (the transfer
+    loads the backbone strictly); lambda = 0 is the reference within each binarizer."""
+    from cmim_dense.pipelines import sweep
+
+    calls = []
+
+    def fake_chain(pre_cfg, tr_cfg, pre_dir, tr_dir, roots, name, timer, **options):
+        calls.append(options)
+        binarizer = options["pretrain_options"]["model.backbone.binarizer"]
+        lam = options["pretrain_options"]["model.cmim_lambda"]
+        seed = options["pretrain_options"]["randomness.seed"]
+        miou = {"irnet": 40.0, "react": 50.0}[binarizer] + 1000 * lam + seed
+        # the sweep is rewritten after every run: the runs so far are in it
+        sweep_json = Path(pre_dir).parents[1] / "sweep.json"
+        if sweep_json.parent == tmp_path / "w" and len(calls) > 1:
+            assert len(json.loads(sweep_json.read_text())["runs"]) == len(calls) - 1
+        metrics = dict(mIoU=miou, rmse=0.5 - lam, neg_log_rmse=-math.log(0.5 - lam))
+        return dict(pretrain=dict(metrics=dict(top1=60.0)), transfer=dict(metrics=metrics))
+
+    monkeypatch.setattr(sweep, "run_chain", fake_chain)
+    spec = sweep.SweepSpec(
+        grid={"model.cmim_lambda": [0, 0.001]},
+        shared_grid={"model.backbone.binarizer": ["irnet", "react"]},
+        seeds=[0, 1],
+        work_dir=tmp_path / "w",
+        config=tmp_path / "pre.py",
+        transfer_config=tmp_path / "tr.py",
+        roots=(tmp_path, tmp_path),
+        reference={"model.cmim_lambda": 0},
+    )
+    result = sweep.run_sweep(spec)
+    assert len(calls) == 8 and result["complete"]
+    for options in calls:
+        pre, tr = options["pretrain_options"], options["transfer_options"]
+        assert pre["model.backbone.binarizer"] == tr["model.backbone.binarizer"]
+        assert "model.cmim_lambda" not in tr and tr["randomness.seed"] == pre["randomness.seed"]
+    # seeds outermost: the first four runs are seed 0 of every setting
+    assert [c["pretrain_options"]["randomness.seed"] for c in calls] == [0] * 4 + [1] * 4
+    pairs = {p["name"]: p for p in result["paired"]}
+    assert set(pairs) == {"binarizer=irnet,cmim_lambda=0.001", "binarizer=react,cmim_lambda=0.001"}
+    react = pairs["binarizer=react,cmim_lambda=0.001"]
+    assert react["reference"] == "binarizer=react,cmim_lambda=0"
+    assert react["mIoU"]["values"] == pytest.approx([1.0, 1.0]) and react["mIoU"]["better"] == 2
+    assert (
+        "| binarizer=react,cmim_lambda=0.001 | binarizer=react,cmim_lambda=0 |"
+        in (tmp_path / "w" / "sweep.md").read_text()
+    )
+    # the reference later in the grid: the runs before it have no pair yet, and that is fine
+    later = {**spec.__dict__, "grid": {"model.cmim_lambda": [0.001, 0]}, "seeds": [0]}
+    result = sweep.run_sweep(sweep.SweepSpec(**{**later, "work_dir": tmp_path / "w2"}))
+    assert len(result["paired"]) == 2 and result["complete"]
+    # a reference that matches nothing, or keys in both grids, are refused before any run
+    calls.clear()
+    for bad in (
+        dict(reference={"model.cmim_lambda": 0.5}),
+        dict(grid={"model.backbone.binarizer": ["irnet"]}),
+    ):
+        with pytest.raises(ValueError):
+            sweep.run_sweep(sweep.SweepSpec(**{**spec.__dict__, **bad}))
+    assert calls == []

@@ -3,11 +3,14 @@
 cmim-dense sweep CONFIG --grid KEY=V1,V2[,...] [--grid ...] --seeds 0 1 2 --work-dir DIR
                  [--cfg-options key=value ...] [--reference KEY=V ...]
 cmim-dense sweep --demo --grid model.cmim_lambda=0,0.05 --seeds 0 1 2 --work-dir DIR
-                 [--transfer-grid KEY=V1,V2] [--transfer-options key=value ...]
-                 [--data-dir data/synth_nyud]
+                 [--transfer-grid KEY=V1,V2] [--both-grid KEY=V1,V2]
+                 [--transfer-options key=value ...] [--data-dir data/synth_nyud]
 
 CONFIG sweeps a pretraining config (top-1). --demo sweeps the demo's pretrain -> transfer chain
-(top-1, mIoU, RMSE, -log RMSE) on the demo's data, generated once. Finished runs are skipped, so
+(top-1, mIoU, RMSE, -log RMSE) on the demo's data, generated once. --both-grid sets a key in
+both stages' configs: a binarizer grid must (--both-grid model.backbone.binarizer=irnet,react),
+since the transfer loads the pretrained backbone strictly. --reference model.cmim_lambda=0 pairs
+each setting with the one of lambda 0 and the same other values. Finished runs are skipped, so
 the same command continues a cut sweep. See cmim_dense/pipelines/sweep.py for the statistics.
 """
 
@@ -27,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="sweep the demo's chain")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2")
     parser.add_argument("--transfer-grid", action="append", default=[], metavar="KEY=V1,V2")
+    parser.add_argument(
+        "--both-grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="keys set in both the pretraining and the transfer config (--demo)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
     add_cfg_options(parser)
@@ -51,8 +61,8 @@ def main(argv=None) -> int:
 
         if args.demo == bool(args.config):
             raise InputError("give either a CONFIG or --demo")
-        if args.transfer_grid and not args.demo:
-            raise InputError("--transfer-grid needs --demo")
+        if (args.transfer_grid or args.both_grid) and not args.demo:
+            raise InputError("--transfer-grid and --both-grid need --demo")
         reference = {k: v[0] for k, v in parse_grid(args.reference).items()} or None
         timer = StageTimer()
         demo = DemoSettings(work_dir=args.work_dir, data_dir=args.data_dir)
@@ -68,6 +78,7 @@ def main(argv=None) -> int:
             spec.roots = ensure_data(demo, timer)
             spec.transfer_config = demo.transfer_config
             spec.transfer_grid = parse_grid(args.transfer_grid)
+            spec.shared_grid = parse_grid(args.both_grid)
             spec.transfer_options = args.transfer_options
         result = run_sweep(spec, timer)
         print(markdown(result))

@@ -8,9 +8,9 @@ For one config and one or more checkpoints, on the config's *test* split (the cl
 * ``similarity.png`` (Fig. 4 a-d): the (N, N) cosine-similarity matrix of those activations
   over the test images sorted by class, one panel per checkpoint, one colour scale.
 * ``layers.png``: per tapped layer (the last binary conv of each stage), per checkpoint, the
-  Eq. 9 MI lower bound (nats) and its gap to its ceiling, the fraction of +1 activations and,
-  between consecutive checkpoints (e.g. epoch_1.pth, epoch_2.pth, ... of one run), the
-  sign-flip rate.
+  information per binary entry (bits), the gap of the Eq. 9 MI lower bound to its ceiling, the
+  fraction of +1 activations and, between consecutive checkpoints of one run (files of one
+  folder, e.g. epoch_1.pth, epoch_2.pth, ... in training order), the sign-flip rate.
 * ``analysis.json``: every number plotted (t-SNE coordinates, labels, matrices, statistics).
 
 What is measured (see :func:`collect_activations`):
@@ -19,8 +19,14 @@ What is measured (see :func:`collect_activations`):
   {-1, +1} (sign(0) = -1), as :class:`~cmim_dense.binary.ActivationTaps` records them.
 * Fraction of +1 and flip rate: over *every* entry of a_B at full resolution (C * H * W per
   image). The flip rate between checkpoints A and B is the fraction of entries, on the same
-  test images, where sign_A != sign_B; it is a training dynamic only for checkpoints of one run
-  given in training order (for two runs it is their sign disagreement).
+  test images, where sign_A != sign_B. It is a training dynamic only for checkpoints of one run
+  given in training order, so it is measured only between consecutive checkpoints in the same
+  folder (a run's work dir); checkpoints of different runs are never compared.
+* Information per binary entry (``layers.png`` (a)): a_B^d = sign(a_F^d) is a function of a_F^d,
+  so I(a_B^d; a_F^d) = H(a_B^d), the binary entropy of entry d's fraction of +1 over the test
+  images (plug-in, bits, at most 1), averaged over the D entries; sum_d H(a_B^d) is an upper
+  bound of I(a_B; a_F). Unlike the Eq. 9 bound it is below its ceiling (1 bit) wherever an
+  entry is unbalanced, so it shows how checkpoints differ.
 * t-SNE and similarity: the last stage's a_B flattened, at full resolution when its map has at
   most ``FEATURE_SIZE``^2 positions (the demo's 32x32 crops give 1x1), otherwise average-pooled
   to ``FEATURE_SIZE`` x ``FEATURE_SIZE`` first (entries are then local fractions of +1 in
@@ -33,9 +39,12 @@ What is measured (see :func:`collect_activations`):
   batches, weighted by batch size. With in-batch negatives the bound cannot exceed
   log(N - 1), N the batch size (``analysis.json`` records that ceiling), and h of Eq. 10 sees
   only the positive score ||a_F||_1 / (tau * D) = mean |u| / tau, so the estimate sits close
-  to the ceiling (within 1e-5 nats for the demo network, trained or not). It is computed in
-  float64, and ``layers.png`` also draws the gap log(N - 1) - bound = -E_pos[log h] on a log
-  scale, which is where checkpoints differ.
+  to the ceiling (within 1e-5 nats for the demo network, trained or not). No estimate from N
+  images can do better: I(a_B; a_F) = H(a_B) since a_B is a function of a_F, and that is log N
+  on N images whose codes all differ (``analysis.json`` records the distinct codes per layer),
+  above any N-sample contrastive bound's ceiling. It is computed in float64, and ``layers.png``
+  (b) draws the gap log(N - 1) - bound = -E_pos[log h] on a log scale, which is where
+  checkpoints differ.
 
 Checkpoints are loaded strictly *into the backbone* (their ``backbone.*`` tensors, every key
 and shape checked): the analysis reads only the backbone, and so one config serves both a CMIM
@@ -205,6 +214,29 @@ class Activations:
         """(K,) fraction of +1 entries of a_B, in [0, 1]."""
         n = self.signs[0].shape[0]
         return np.array([_count_bits(s) / (n * d) for s, d in zip(self.signs, self.dims)])
+
+    @property
+    def entry_information(self) -> np.ndarray:
+        """(K,) mean over the D_k entries of H(a_B^d) = I(a_B^d; a_F^d), bits in [0, 1]: the
+        binary entropy of each entry's fraction of +1 over the N images."""
+        n = self.signs[0].shape[0]
+        out = []
+        for packed, dim in zip(self.signs, self.dims):
+            ones = np.zeros(dim, np.int64)
+            for start in range(0, n, 256):  # unpacked in slices: N x D bytes can be large
+                ones += np.unpackbits(packed[start : start + 256], axis=1, count=dim).sum(
+                    0, dtype=np.int64
+                )
+            p = ones / n
+            with np.errstate(divide="ignore", invalid="ignore"):
+                h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+            out.append(float(np.nan_to_num(h, nan=0.0).mean()))  # 0 log 0 = 0
+        return np.array(out)
+
+    @property
+    def distinct_codes(self) -> list[int]:
+        """(K,) number of different a_B codes among the N images, per layer."""
+        return [len(np.unique(packed, axis=0)) for packed in self.signs]
 
 
 def _count_bits(packed: np.ndarray) -> int:
@@ -423,53 +455,77 @@ def similarity_figure(
 def layers_figure(
     layer_labels: Sequence[str],
     names: Sequence[str],
-    mi_bounds: Sequence[np.ndarray],
+    entry_info: Sequence[np.ndarray],
     mi_gaps: Sequence[np.ndarray],
     plus_fractions: Sequence[np.ndarray],
-    flips: Sequence[tuple[str, np.ndarray]],
+    flips: Sequence[tuple[str, np.ndarray, int]],
     mi_ceiling: float,
+    num_images: int,
+    distinct_codes: Sequence[Sequence[int]],
 ) -> Figure:
-    """Per tapped layer (x), one line per checkpoint (each (K,)): (a) the Eq. 9 bound (nats)
-    under its log(N - 1) ceiling, (b) its gap to the ceiling on a log scale (the bound is
-    usually within 1e-3 nats of it), (c) the fraction of +1 and (d), given ``flips`` (label,
-    (K,) rates; ``flips[i]`` between checkpoints i and i + 1), the sign-flip rate."""
-    fig = _new_figure(11.5, 7.2)
+    """Per tapped layer (x), one line per checkpoint (each (K,)): (a) the information per
+    binary entry, H(a_B^d) = I(a_B^d; a_F^d) in bits, (b) the Eq. 9 bound's gap to its
+    log(N - 1) ceiling on a log scale, (c) the fraction of +1 and (d) the sign-flip rate of
+    ``flips``: (label, (K,) rates, index of the later checkpoint) between consecutive
+    checkpoints of one run. A caption says why the Eq. 9 bound itself is not drawn: with
+    ``num_images`` images and ``distinct_codes`` (per checkpoint, (K,)) the whole-vector MI is
+    log N, above the ceiling of any N-sample bound."""
+    fig = _new_figure(11.5, 7.8)
     axes = fig.subplots(2, 2).ravel()
     x = np.arange(len(layer_labels))
     line_colours = _line_colours(len(names))
     for i, name in enumerate(names):
         style = dict(color=line_colours[i], marker="o", ms=4, label=name)
-        axes[0].plot(x, mi_bounds[i], **style)
+        axes[0].plot(x, entry_info[i], **style)
         axes[1].plot(x, np.maximum(mi_gaps[i], GAP_FLOOR), **style)
         axes[2].plot(x, plus_fractions[i], **style)
-    axes[0].axhline(mi_ceiling, color="grey", ls="--", lw=0.8, label="log(N-1) ceiling")
-    axes[0].yaxis.get_major_formatter().set_useOffset(False)
-    axes[0].set_ylabel("nats")
-    axes[0].set_title("(a) MI lower bound I(a_B; a_F), Eq. 9", fontsize=10)
-    axes[0].legend(fontsize=7, loc="lower left", handles=axes[0].get_lines()[-1:])
+    axes[0].axhline(1.0, color="grey", ls="--", lw=0.8)
+    axes[0].set_ylim(top=1.02)
+    axes[0].set_ylabel("bits per entry (at most 1)")
+    axes[0].set_title("(a) information per binary entry, H(a_B^d) = I(a_B^d; a_F^d)", fontsize=10)
     axes[1].set_yscale("log")
     axes[1].set_ylabel(f"nats (floor {GAP_FLOOR:g})")
-    axes[1].set_title("(b) gap to the ceiling, log(N-1) - bound = -E_pos[log h]", fontsize=10)
+    axes[1].set_title("(b) Eq. 9 bound: gap to its log(N-1) ceiling, -E_pos[log h]", fontsize=10)
     axes[2].axhline(0.5, color="grey", ls=":", lw=0.8)
     axes[2].set_ylim(0.0, 1.0)
     axes[2].set_ylabel("fraction")
     axes[2].set_title("(c) fraction of +1 activations", fontsize=10)
     if flips:
-        for i, (label, rate) in enumerate(flips):  # coloured as the later checkpoint
-            axes[3].plot(x, rate, color=line_colours[i + 1], marker="o", ms=4, label=label)
+        for label, rate, later in flips:  # coloured as the later checkpoint
+            axes[3].plot(x, rate, color=line_colours[later], marker="o", ms=4, label=label)
         axes[3].set_ylim(bottom=0.0)
         axes[3].set_ylabel("fraction")
-        axes[3].set_title("(d) sign-flip rate between consecutive checkpoints", fontsize=10)
+        axes[3].set_title("(d) sign-flip rate, consecutive checkpoints of one run", fontsize=10)
         axes[3].legend(fontsize=7, loc="best")
     else:
         axes[3].set_axis_off()
-        axes[3].text(0.5, 0.5, "sign flips need 2 or more checkpoints", ha="center")
+        axes[3].text(
+            0.5,
+            0.5,
+            "(d) sign flips need 2 or more checkpoints of one run\n"
+            "(files of one folder, in training order); runs are not compared",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
     for ax in axes[: 4 if flips else 3]:
         ax.set_xticks(x, layer_labels, fontsize=8)
         ax.set_xlabel("tapped layer: last binary conv of stage", fontsize=8)
         ax.grid(alpha=0.3)
     handles = axes[2].get_lines()[: len(names)]
     fig.legend(handles, names, loc="outside right center", fontsize=8, title="checkpoint")
+    fewest = min(min(codes) for codes in distinct_codes)
+    fig.supxlabel(  # a caption under the panels, in the space constrained layout keeps for it
+        "The Eq. 9 bound is not drawn as a value: a_B = sign(a_F) is a function of a_F, so "
+        f"I(a_B; a_F) = H(a_B), which on N = {num_images} images is log N when their codes all "
+        f"differ (here at least {fewest} of {num_images} codes differ per layer),\n"
+        f"above the log(N-1) = {mi_ceiling:.3f} nats ceiling of any N-sample contrastive bound: "
+        "every checkpoint's bound sits at it, and only its gap (b) differs. "
+        "(a) is the exact MI per entry, below its 1-bit ceiling where entries are unbalanced.",
+        x=0.01,
+        ha="left",
+        fontsize=7,
+    )
     return fig
 
 
@@ -554,8 +610,8 @@ def analyze(
     Args:
         config: a pretraining config whose ``test_dataloader`` is a classification set.
         checkpoints: files written by ``tools/train.py``; their ``backbone.*`` tensors are
-            loaded strictly. Several checkpoints of one run in training order also give the
-            sign-flip rates between consecutive ones.
+            loaded strictly. Several checkpoints of one run (one folder) in training order also
+            give the sign-flip rates between consecutive ones.
         names: one label per checkpoint (default: file names).
         num_images: N, test images analysed (at most; class-balanced, see
             :func:`select_images`).
@@ -608,7 +664,13 @@ def analyze(
         load_state_dict_strict(backbone, state, str(path), target)
         acts.append(collect_activations(backbone, layers, images, batch_size, desc=name))
     del states
-    flips = [(names[i - 1], names[i], flip_rate(acts[i - 1], acts[i])) for i in range(1, len(acts))]
+    # a training dynamic only within one run: consecutive checkpoints of one folder
+    folders = [Path(c).resolve().parent for c in checkpoints]
+    flips = [
+        (i, flip_rate(acts[i - 1], acts[i]))
+        for i in range(1, len(acts))
+        if folders[i] == folders[i - 1]
+    ]
     coords = [tsne_embedding(a.features) for a in acts]
     sims = [cosine_similarity(a.features) for a in acts]
 
@@ -644,13 +706,15 @@ def analyze(
                 path=str(path),
                 mi_bound_nats=a.mi_bounds,
                 mi_gap_nats=a.mi_gaps,
+                entry_information_bits=a.entry_information,
+                distinct_codes=a.distinct_codes,
                 plus_fraction=a.plus_fraction,
                 tsne=xy,
                 similarity=np.round(sim, 6),
             )
             for name, path, a, xy, sim in zip(names, checkpoints, acts, coords, sims)
         ],
-        flip_rates=[dict(before=a, after=b, per_layer=rate) for a, b, rate in flips],
+        flip_rates=[dict(before=names[i - 1], after=names[i], per_layer=rate) for i, rate in flips],
         files=list(FILES),
     )
     short = [f"S{k + 1}" for k in range(len(layers))]
@@ -660,11 +724,13 @@ def analyze(
         "layers.png": layers_figure(
             short,
             names,
-            [a.mi_bounds for a in acts],
+            [a.entry_information for a in acts],
             [a.mi_gaps for a in acts],
             [a.plus_fraction for a in acts],
-            [(f"{a} -> {b}", rate) for a, b, rate in flips],
+            [(f"{names[i - 1]} -> {names[i]}", rate, i) for i, rate in flips],
             ceiling,
+            len(indices),
+            [a.distinct_codes for a in acts],
         ),
     }
     for file, fig in figures.items():

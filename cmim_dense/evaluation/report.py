@@ -234,7 +234,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _dot_sizes(top1: list[float | None]) -> tuple[list[float], list[float]]:
+def dot_sizes(top1: list[float | None]) -> tuple[list[float], list[float]]:
     """Dot areas for each run and the top-1 values to show in the size legend."""
     known = [t for t in top1 if t is not None]
     if not known:
@@ -257,7 +257,7 @@ def fig5_figure(rows: list[dict]) -> Figure:
     on_plot = [r["mIoU"] is not None and r["neg_log_rmse"] is not None for r in rows]
     plotted = [r for r, ok in zip(rows, on_plot) if ok]
     skipped = [r["label"] for r, ok in zip(rows, on_plot) if not ok]
-    sizes, legend_sizes = _dot_sizes([r["pretrain_top1"] for r in plotted])
+    sizes, legend_sizes = dot_sizes([r["pretrain_top1"] for r in plotted])
     colours = matplotlib.colormaps["tab10"].colors
     for i, (row, size) in enumerate(zip(plotted, sizes)):
         colour = colours[i % len(colours)]
@@ -308,13 +308,41 @@ def fig5_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def find_predictions(run_dirs: list[str | os.PathLike]) -> tuple[int, list[Path]] | None:
-    """Index of the first run dir with ``predictions/*.npz`` and its sorted npz files, or None."""
+def find_predictions(run_dirs: list[str | os.PathLike]) -> list[tuple[int, dict[str, Path]]]:
+    """(index, {image name: npz file}) of every run dir with ``predictions/*.npz``, in order."""
+    found = []
     for i, run_dir in enumerate(run_dirs):
         files = sorted((Path(run_dir) / PREDICTIONS_DIR).glob("*.npz"))
         if files:
-            return i, files
-    return None
+            found.append((i, {f.stem: f for f in files}))
+    return found
+
+
+def qualitative_rows(
+    run_dirs: list[str | os.PathLike], labels: list[str], num_images: int
+) -> tuple[list[dict[str, Any]], list[str], str] | None:
+    """The rows of ``qualitative.png``: every run with predictions on each of the first
+    ``num_images`` image names (sorted, over all runs), image by image, one row per run.
+
+    Returns (samples, row labels: run label and image name on two lines, title), or None
+    when no run saved predictions; the title names the runs that have none. Raises
+    :class:`RunDirError` for an unreadable file.
+    """
+    found = find_predictions(run_dirs)
+    if not found or num_images <= 0:
+        return None
+    names = sorted(set().union(*(files for _, files in found)))[:num_images]
+    samples, row_labels = [], []
+    for name in names:
+        for index, files in found:
+            if name in files:
+                samples += load_samples([files[name]])
+                row_labels.append(f"{labels[index]}\n{samples[-1]['name']}")
+    title = f"test images x runs: {len(names)} images, each in a row per run"
+    without = [labels[i] for i in range(len(run_dirs)) if i not in dict(found)]
+    if without:
+        title += f"\nno predictions saved: {', '.join(without)}"
+    return samples, row_labels, title
 
 
 def load_samples(files: list[Path]) -> list[dict[str, Any]]:
@@ -334,7 +362,8 @@ def build_report(
     run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, num_images: int = 4
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.json``, ``fig5.png`` and (if any run saved predictions)
-    ``qualitative.png`` to ``out_dir``; returns {file name: path}.
+    ``qualitative.png`` (every such run, :func:`qualitative_rows`) to ``out_dir``; returns
+    {file name: path}.
 
     Every input is read and every figure drawn before anything is written, so bad input
     (:class:`RunDirError`, or an ``out_dir`` that cannot be a folder: ``InputError``) leaves
@@ -344,14 +373,10 @@ def build_report(
     labels = run_labels([rec["name"] for rec in records], run_dirs)
     rows = [report_row(rec, d, lab) for rec, d, lab in zip(records, run_dirs, labels)]
     figures = {"fig5.png": (fig5_figure(rows), 120)}
-    found = find_predictions(run_dirs)
-    if found is not None and num_images > 0:
-        index, files = found
-        samples = load_samples(files[:num_images])
-        fig = qualitative_figure(
-            samples, [s["name"] for s in samples], title=f"{labels[index]}: test images"
-        )
-        figures["qualitative.png"] = (fig, 100)
+    qualitative = qualitative_rows(run_dirs, labels, num_images)
+    if qualitative is not None:
+        samples, row_labels, title = qualitative
+        figures["qualitative.png"] = (qualitative_figure(samples, row_labels, title), 100)
 
     out = Path(out_dir)
     try:

@@ -5,15 +5,22 @@ Two kinds of run:
     demo chain: the demo's pretrain -> transfer chain per (setting, seed) on the demo's data;
         metrics ``top1`` (pretraining, %), ``mIoU`` (%), ``rmse`` (m), ``neg_log_rmse``.
 The grid's keys go to the pretraining config; in a chain, ``transfer_grid`` keys go to the
-transfer config (pretraining runs are shared by the transfer settings that reuse them). The
-seed is ``randomness.seed`` of every run. A run already evaluated is skipped and a cut one
-resumes, so a cut sweep continues where it stopped; each run folder is stamped with the full
-settings of its run, and a folder stamped otherwise is refused rather than reused.
+transfer config (pretraining runs are shared by the transfer settings that reuse them), and
+``shared_grid`` keys go to both: a key both configs must agree on, such as
+``model.backbone.binarizer`` (the transfer loads the pretrained backbone strictly, so a
+backbone of another binarizer is refused). The seed is ``randomness.seed`` of every run.
+Seeds are the outermost loop, so a cut sweep holds every setting at its first seeds, and
+``sweep.json`` is rewritten after every run (``complete`` false until the last). A run already
+evaluated is skipped and a cut one resumes, so a cut sweep continues where it stopped; each run
+folder is stamped with the full settings of its run, and a folder stamped otherwise is refused
+rather than reused.
 
 Aggregates, per setting and metric: mean, sample standard deviation and the per-seed values.
-Against a reference setting (the first of the grid unless given), every other setting gets
+Against a reference (the first setting of the grid unless given), every other setting gets
 the paired per-seed differences (same seed), their mean and standard deviation, and the count
-of seeds on which it is better. A setting is called better *beyond the seed spread* when it is
+of seeds on which it is better. A reference that names only some keys (``cmim_lambda=0``) is
+taken per group: each setting is compared with the one that has the reference's values and its
+own values of the other keys. A setting is called better *beyond the seed spread* when it is
 better on every seed and the mean difference exceeds the differences' standard deviation.
 """
 
@@ -86,6 +93,7 @@ class SweepSpec:
         config: the pretraining config (pretraining sweeps and chains).
         transfer_config: set for a chain sweep: the transfer config.
         transfer_grid: transfer ``--cfg-options`` key -> values (chains).
+        shared_grid: key -> values set in both the pretraining and the transfer config (chains).
         cfg_options, transfer_options: fixed options of every pretraining / transfer run.
         roots: (NYUD tree, crops ImageFolder) of a chain sweep.
         reference: the setting the others are compared with (default: the first).
@@ -97,6 +105,7 @@ class SweepSpec:
     config: Path
     transfer_config: Path | None = None
     transfer_grid: dict[str, list] = field(default_factory=dict)
+    shared_grid: dict[str, list] = field(default_factory=dict)
     cfg_options: dict = field(default_factory=dict)
     transfer_options: dict = field(default_factory=dict)
     roots: tuple[Path, Path] | None = None
@@ -106,13 +115,15 @@ class SweepSpec:
     def chain(self) -> bool:
         return self.transfer_config is not None
 
-    def runs(self) -> list[tuple[dict, dict, int]]:
-        """(pretraining setting, transfer setting, seed) of every run, seeds innermost."""
+    def runs(self) -> list[tuple[dict, dict, dict, int]]:
+        """(shared setting, pretraining setting, transfer setting, seed) of every run, seeds
+        outermost."""
         return [
-            (pre, tr, seed)
+            (shared, pre, tr, seed)
+            for seed in self.seeds
+            for shared in settings_of(self.shared_grid)
             for pre in settings_of(self.grid)
             for tr in settings_of(self.transfer_grid)
-            for seed in self.seeds
         ]
 
 
@@ -125,14 +136,22 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
         raise InputError(f"seeds repeat: {spec.seeds}")
     if spec.chain and spec.roots is None:
         raise InputError("a chain sweep needs the data roots")
+    if spec.shared_grid and not spec.chain:
+        raise InputError("a grid of both stages needs a chain sweep (--demo)")
+    overlap = set(spec.shared_grid) & (set(spec.grid) | set(spec.transfer_grid))
+    if overlap:
+        raise InputError(f"keys in the grid of both stages and of one: {', '.join(overlap)}")
     timer = timer or StageTimer()
-    records = []
-    for pre, tr, seed in spec.runs():
-        records.append(_run_one(spec, pre, tr, seed, timer))
     metrics = CHAIN_METRICS if spec.chain else PRETRAIN_METRICS
-    result = aggregate(records, metrics, spec.reference)
-    result["stages"] = timer.stages
-    write_outputs(result, spec.work_dir)
+    runs = spec.runs()
+    if spec.reference is not None:
+        check_reference([_setting(*run[:3]) for run in runs], spec.reference)
+    records = []
+    for i, run in enumerate(runs):
+        records.append(_run_one(spec, *run, timer))
+        result = aggregate(records, metrics, spec.reference)
+        result.update(stages=timer.stages, complete=i == len(runs) - 1)
+        write_outputs(result, spec.work_dir)
     return result
 
 
@@ -159,20 +178,28 @@ def _claim(run_dir: Path, settings: dict) -> None:
     write_json_atomic(stamp, wanted)
 
 
-def _run_one(spec: SweepSpec, pre: dict, tr: dict, seed: int, timer: StageTimer) -> dict:
+def _setting(shared: dict, pre: dict, tr: dict) -> dict:
+    """The run's setting as recorded: shared and pretraining keys, then ``transfer:`` keys."""
+    return {**shared, **pre, **{f"transfer:{k}": v for k, v in tr.items()}}
+
+
+def _run_one(
+    spec: SweepSpec, shared: dict, pre: dict, tr: dict, seed: int, timer: StageTimer
+) -> dict:
     seed_option = {"randomness.seed": seed}
+    pre = {**shared, **pre}
     pre_name = f"{setting_name(pre)}_s{seed}"
     pre_dir = spec.work_dir / "pretrain" / pre_name
     pre_options = {**spec.cfg_options, **pre, **seed_option}
     _claim(pre_dir, dict(config=str(spec.config), options=pre_options))
-    setting = {**pre, **{f"transfer:{k}": v for k, v in tr.items()}}
+    setting = _setting({}, pre, tr)
     if not spec.chain:
         record = train_and_test(spec.config, pre_dir, pre_options, pre_name, timer)
         metrics = {"top1": record["metrics"]["top1"]}
         return dict(setting=setting, seed=seed, metrics=metrics, run_dirs=[str(pre_dir)])
     tr_name = f"{setting_name(pre)}__{setting_name(tr)}_s{seed}"
     tr_dir = spec.work_dir / "transfer" / tr_name
-    tr_options = {**spec.transfer_options, **tr, **seed_option}
+    tr_options = {**spec.transfer_options, **shared, **tr, **seed_option}
     _claim(tr_dir, dict(config=str(spec.transfer_config), options=tr_options, pretrain=pre_name))
     chain = run_chain(
         spec.config,
@@ -199,13 +226,27 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+def check_reference(settings: list[dict], reference: dict) -> None:
+    """Refuse a ``reference`` whose keys are not all in the grid, or that is none of
+    ``settings`` (once its values replace theirs)."""
+    unknown = set(reference) - set(settings[0])
+    if unknown:
+        raise InputError(f"reference keys {', '.join(sorted(unknown))} are not in the grid")
+    names = {setting_name(s) for s in settings}
+    if not any(setting_name({**s, **reference}) in names for s in settings):
+        raise InputError(f"reference {setting_name(reference)} matches no setting of the grid")
+
+
 def aggregate(records: list[dict], metrics: Sequence[str], reference: dict | None = None) -> dict:
     """Means, spreads and paired differences of ``records`` (see the module docstring)."""
     names = list(dict.fromkeys(setting_name(r["setting"]) for r in records))
     by_setting = {n: [r for r in records if setting_name(r["setting"]) == n] for n in names}
-    ref_name = setting_name(reference) if reference is not None else names[0]
-    if ref_name not in by_setting:
-        raise InputError(f"reference setting {ref_name} is not in the grid ({', '.join(names)})")
+    reference = records[0]["setting"] if reference is None else reference
+    # each setting's reference: the reference's values, the setting's own for the other keys;
+    # a reference not run yet (a sweep in progress) gives no pair
+    ref_of = {
+        n: setting_name({**runs[0]["setting"], **reference}) for n, runs in by_setting.items()
+    }
     settings = []
     for name, runs in by_setting.items():
         entry = dict(name=name, setting=runs[0]["setting"], seeds=[r["seed"] for r in runs])
@@ -213,11 +254,12 @@ def aggregate(records: list[dict], metrics: Sequence[str], reference: dict | Non
             values = [r["metrics"][metric] for r in runs]
             entry[metric] = dict(mean=statistics.fmean(values), std=_std(values), values=values)
         settings.append(entry)
-    reference_runs = {r["seed"]: r for r in by_setting[ref_name]}
     paired = []
     for name, runs in by_setting.items():
+        ref_name = ref_of[name]
         if name == ref_name:
             continue
+        reference_runs = {r["seed"]: r for r in by_setting.get(ref_name, [])}
         matched = [(r, reference_runs[r["seed"]]) for r in runs if r["seed"] in reference_runs]
         if not matched:
             continue
@@ -237,7 +279,11 @@ def aggregate(records: list[dict], metrics: Sequence[str], reference: dict | Non
             )
         paired.append(entry)
     return dict(
-        metrics=list(metrics), reference=ref_name, runs=records, settings=settings, paired=paired
+        metrics=list(metrics),
+        reference=setting_name(reference),
+        runs=records,
+        settings=settings,
+        paired=paired,
     )
 
 
@@ -267,15 +313,15 @@ def markdown(result: dict) -> str:
             "mean ± std (per-seed values), better on k of n seeds",
             "",
         ]
-        lines.append("| setting | " + " | ".join(metrics) + " |")
-        lines.append("|---|" + "---|" * len(metrics))
+        lines.append("| setting | against | " + " | ".join(metrics) + " |")
+        lines.append("|---|---|" + "---|" * len(metrics))
         for entry in result["paired"]:
             cells = []
             for m in metrics:
                 stat = entry[m]
                 mark = " **beyond spread**" if stat["beyond_spread"] else ""
                 cells.append(f"{_fmt(stat, DIGITS[m])}, {stat['better']}/{stat['n']}{mark}")
-            lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {entry['name']} | {entry['reference']} | " + " | ".join(cells) + " |")
         lines += [
             "",
             "Better beyond the seed spread: better on every seed and the mean "
