@@ -22,9 +22,9 @@ from cmim_dense.evaluation.analysis import (
     collect_activations,
     cosine_similarity,
     flip_rate,
-    layers_figure,
     select_images,
 )
+from cmim_dense.evaluation.analysis_figures import layers_figure
 from cmim_dense.registry import DATASETS, MODELS
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def job() -> None:
-        from cmim_dense.evaluation.analysis import BATCH_SIZE, analyze
+        from cmim_dense.engine.analysis import analyze
+        from cmim_dense.evaluation.analysis import BATCH_SIZE
 
         analyze(
             args.config,

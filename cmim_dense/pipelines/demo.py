@@ -26,8 +26,8 @@ from pathlib import Path
 
 from mmengine.config import Config
 
+from cmim_dense.engine.analysis import analyze
 from cmim_dense.engine.config import resolve_config
-from cmim_dense.evaluation.analysis import analyze
 from cmim_dense.evaluation.baselines import majority_class_baseline, mean_depth_baseline
 from cmim_dense.evaluation.report import build_report, read_run_metrics
 from cmim_dense.nyud_io.convert import prepare_nyud
