@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,15 +45,15 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
     @staticmethod
     def weight_set(w: Tensor) -> tuple[Tensor, Tensor]:
         """(beta_w, alpha_w), each (C_out, 1, 1, 1), of a (C_out, C_in, kh, kw) weight."""
-        dims = tuple(range(1, w.dim()))
+        dims = list(range(1, w.dim()))
         beta = w.mean(dim=dims, keepdim=True)
         alpha = (w - beta).pow(2).mean(dim=dims, keepdim=True).sqrt()
         return beta, alpha.clamp_min(1e-8)
 
-    def activation_threshold(self) -> tuple[Tensor, Tensor]:
+    def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.beta_a, self.alpha_a
 
-    def activation_levels(self) -> tuple[Tensor, Tensor]:
+    def activation_levels(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.alpha_a, self.beta_a
 
     def binarize_weight(self, w: Tensor) -> Tensor:
@@ -63,7 +65,7 @@ class Maxout(nn.Module):
     """AdaBin's nonlinearity: gamma_pos * ReLU(x) - gamma_neg * ReLU(-x), per channel.
 
     Args:
-        channels: C of the (N, C, H, W) input.
+        channels: C of the (N, C, H, W) input (4-d; the output has the same shape).
         pos_init, neg_init: initial slopes of the positive and negative parts (paper: 1, 0.25).
     """
 
@@ -73,5 +75,5 @@ class Maxout(nn.Module):
         self.neg_scale = nn.Parameter(torch.full((channels,), neg_init))
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.pos_scale.view(shape) * F.relu(x) - self.neg_scale.view(shape) * F.relu(-x)
+        pos, neg = self.pos_scale.view(1, -1, 1, 1), self.neg_scale.view(1, -1, 1, 1)
+        return pos * F.relu(x) - neg * F.relu(-x)

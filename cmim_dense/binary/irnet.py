@@ -59,7 +59,7 @@ class IRNetBinarizer(EDEScheduledBinarizer):
         return ede_sign(u, self.t, self.k)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
-        dims = tuple(range(1, w.dim()))
+        dims = list(range(1, w.dim()))
         w_std = standardize_per_channel(w)
         scale = torch.pow(2.0, torch.round(torch.log2(w_std.abs().mean(dim=dims, keepdim=True))))
         return ede_sign(w_std, self.t, self.k) * scale.detach()

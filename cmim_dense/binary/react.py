@@ -4,6 +4,8 @@ RPReLU, the other half of the method, sits after each residual add in the backbo
 ``react`` block (:class:`cmim_dense.models.backbones.bin_resnet.RPReLU`).
 """
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -22,8 +24,8 @@ class ReActBinarizer(Binarizer):
         super().__init__(*args, **kwargs)
         self.threshold = nn.Parameter(torch.zeros(1, self.in_channels, 1, 1))
 
-    def activation_threshold(self) -> tuple[Tensor, float]:
-        return self.threshold, 1.0
+    def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
+        return self.threshold, None
 
     def activation_sign(self, u: Tensor) -> Tensor:
         return approx_sign(u)

@@ -1,5 +1,7 @@
 """SD-BNN (Xue et al. 2022): learnable self-distribution shifts before sign, no scales."""
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -25,8 +27,8 @@ class SDBNNBinarizer(Binarizer):
         self.act_shift = nn.Parameter(torch.zeros(1, self.in_channels, 1, 1))
         self.weight_shift = nn.Parameter(torch.zeros(self.out_channels, 1, 1, 1))
 
-    def activation_threshold(self) -> tuple[Tensor, float]:
-        return -self.act_shift, 1.0  # u = a - (-shift) = a + shift, exactly
+    def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
+        return -self.act_shift, None  # u = a - (-shift) = a + shift, exactly
 
     def activation_sign(self, u: Tensor) -> Tensor:
         return approx_sign(u)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -50,11 +52,13 @@ class ThresholdShiftBinarizer(Binarizer):
     def set_progress(self, progress: float) -> None:
         self.base.set_progress(progress)
 
-    def activation_threshold(self) -> tuple[Tensor, Tensor | float]:
+    def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         center, spread = self.base.activation_threshold()
+        if center is None:
+            return self.theta, spread
         return self.theta + center, spread
 
-    def activation_levels(self) -> tuple[Tensor | float, Tensor | float]:
+    def activation_levels(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.base.activation_levels()
 
     def activation_sign(self, u: Tensor) -> Tensor:
