@@ -10,6 +10,10 @@ python tools/benchmark.py deploy [--config CFG] [--size 480 640]
     the config's frozen binary backbone at batch 1 on 2 threads: PyTorch simulation, OpenVINO fp32
     IR, OpenVINO bit-packed binary IR, and every binary 3x3 layer alone; last lines:
     openvino_binary/torch_fp32, openvino_binary/openvino_fp32, size fp32/binary
+python tools/benchmark.py binarizers [--binarizers irnet adabin] [--setting 224 16] [--compiled]
+    one SGD step of each binarizer's binary ResNet-18 vs torchvision's float ResNet-18, at
+    224 px batch 16 and 32 px batch 32 (or the --setting SIZE BATCH given), 2 threads; with
+    --compiled also the torch.compile'd step
 
 Every comparison is timed interleaved (medians), so machine load hits all variants alike.
 """
@@ -83,6 +87,13 @@ def run_deploy(args: argparse.Namespace) -> None:
     print(f"size fp32/binary: {ratio:.1f}")
 
 
+def run_binarizers(args: argparse.Namespace) -> None:
+    from cmim_dense.bench.binarizers import run
+
+    settings = [tuple(s) for s in args.setting] if args.setting else ((224, 16), (32, 32))
+    run(settings, args.binarizers, args.iters, args.compiled, args.threads)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="step-time benchmarks")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -100,8 +111,16 @@ def main(argv=None) -> int:
     deploy.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     deploy.add_argument("--iters", type=int, default=11)
     deploy.add_argument("--threads", type=int, default=2)
+    binarizers = sub.add_parser("binarizers", help="each binarizer's step vs the float step")
+    binarizers.add_argument("--binarizers", nargs="+", default=None, metavar="NAME")
+    binarizers.add_argument("--setting", type=int, nargs=2, action="append", metavar=("PX", "N"))
+    binarizers.add_argument("--iters", type=int, default=10)
+    binarizers.add_argument("--threads", type=int, default=2)
+    binarizers.add_argument("--compiled", action="store_true", help="also time torch.compile")
     args = parser.parse_args(argv)
-    {"cmim": run_cmim, "transfer": run_transfer, "deploy": run_deploy}[args.what](args)
+    runs = {"cmim": run_cmim, "transfer": run_transfer, "deploy": run_deploy}
+    runs["binarizers"] = run_binarizers
+    runs[args.what](args)
     return 0
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmim_dense.binary.functions import ede_sign
+from cmim_dense.binary.fused import adabin_activation, maxout
 from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
@@ -56,6 +56,9 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
     def activation_levels(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.alpha_a, self.beta_a
 
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        return adabin_activation(x, self.alpha_a, self.beta_a)
+
     def binarize_weight(self, w: Tensor) -> Tensor:
         beta, alpha = self.weight_set(w)
         return alpha * ede_sign((w - beta) / alpha, self.t, self.k) + beta
@@ -75,5 +78,4 @@ class Maxout(nn.Module):
         self.neg_scale = nn.Parameter(torch.full((channels,), neg_init))
 
     def forward(self, x: Tensor) -> Tensor:
-        pos, neg = self.pos_scale.view(1, -1, 1, 1), self.neg_scale.view(1, -1, 1, 1)
-        return pos * F.relu(x) - neg * F.relu(-x)
+        return maxout(x, self.pos_scale, self.neg_scale)

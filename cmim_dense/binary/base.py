@@ -52,6 +52,10 @@ class Binarizer(nn.Module):
         kernel_size: (kh, kw) of the layer.
     """
 
+    # The activation surrogate when it is one of the fused shifted signs ('ste' or 'approx')
+    # and u = x: lets a method that only shifts the threshold (threshold_shift) fuse it.
+    surrogate: str = ""
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int]):
         super().__init__()
         self.in_channels = in_channels

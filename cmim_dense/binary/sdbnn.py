@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from cmim_dense.binary.base import Binarizer
 from cmim_dense.binary.functions import approx_sign, sign_ste
+from cmim_dense.binary.fused import shifted_sign
 from cmim_dense.binary.registry import BINARIZERS
 
 
@@ -32,6 +33,9 @@ class SDBNNBinarizer(Binarizer):
 
     def activation_sign(self, u: Tensor) -> Tensor:
         return approx_sign(u)
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        return shifted_sign(x, -self.act_shift, True)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         return sign_ste(w + self.weight_shift)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from cmim_dense.binary.base import Binarizer
+from cmim_dense.binary.fused import shifted_sign
 from cmim_dense.binary.registry import BINARIZERS, build_binarizer
 from cmim_dense.utils.errors import InputError
 
@@ -48,6 +49,9 @@ class ThresholdShiftBinarizer(Binarizer):
             self.theta = nn.Parameter(value)
         else:
             self.register_buffer("theta", value)
+        # u = a - theta and the base's plain sign: one fused shifted sign.
+        plain = self.base.activation_threshold() + self.base.activation_levels()
+        self.fused = self.base.surrogate if all(v is None for v in plain) else ""
 
     def set_progress(self, progress: float) -> None:
         self.base.set_progress(progress)
@@ -60,6 +64,11 @@ class ThresholdShiftBinarizer(Binarizer):
 
     def activation_levels(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.base.activation_levels()
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        if self.fused != "":
+            return shifted_sign(x, self.theta, self.fused == "approx")
+        return self.activation(x).value
 
     def activation_sign(self, u: Tensor) -> Tensor:
         return self.base.activation_sign(u)

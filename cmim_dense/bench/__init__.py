@@ -1,0 +1,1 @@
+"""Offline measurements: step-time benchmarks of the binarizers and the pipelines."""
