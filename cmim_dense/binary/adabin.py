@@ -33,6 +33,10 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
         da_B/da = 1[|u| <= 1], da_B/dbeta_a = 1[|u| > 1], da_B/dalpha_a = sign(u) - u 1[|u| <= 1]
         (the public code uses ApproxSign on u instead of the clipped STE).
 
+    Shapes: W (C_out, C_in, kh, kw) and activations (N, C_in, H, W), each kept.
+    Reference: Tu, Chen, Ren, Wang, *AdaBin: Improving Binary Neural Networks with Adaptive
+    Binary Sets*, ECCV 2022.
+
     Args:
         t_min, t_max: EDE schedule range for the weight sign.
     """

@@ -74,6 +74,10 @@ class LNSBinarizer(Binarizer):
     STE. The per-output-channel scale mean(|W|) is the XNOR / Bi-Real one of the baselines LNS
     fine-tunes (``scale=False`` gives plain {-1, +1}). Activations: sign with ApproxSign.
 
+    Shapes: W (C_out, C_in, kh, kw) -> W_B same shape; activations (N, C_in, H, W) kept.
+    Reference: Han, Wang, Xu, Xu, Wu, Xu, *Training Binary Neural Networks through Learning
+    with Noisy Supervision*, ICML 2020.
+
     Args:
         hidden: hidden width of the binarization network (memory: numel(W) * hidden floats).
         rho_pos, rho_neg: assumed flip rates of the noisy labels sign(W); the paper treats

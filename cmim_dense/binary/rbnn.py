@@ -50,6 +50,9 @@ class RBNNBinarizer(EDEScheduledBinarizer):
     are constants for autograd, so dW~/dW_std = (1 - alpha) I + alpha * (rotation by R1, R2):
     the exact gradient of the formula above (the public code instead detaches W_rot).
 
+    Reference: Lin, Ji, Xu, Zhang, Wang, Wu, Huang, Lin, *Rotated Binary Neural Network*,
+    NeurIPS 2020.
+
     Args:
         t_min, t_max: range of t over training.
         seed: seed of the random orthogonal initialisation of R1 and R2 (None: global RNG).

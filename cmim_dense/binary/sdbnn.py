@@ -21,6 +21,9 @@ class SDBNNBinarizer(Binarizer):
     entries to +1. Backward: ApproxSign (Bi-Real, max(0, 2 - 2|x|)) for activations, the
     usual choice of the ReActNet-style baselines SD-BNN builds on; the clipped STE
     1[|x| <= 1] for weights. No scaling factors, as in the paper.
+    Shapes: activations (N, C_in, H, W), weights (C_out, C_in, kh, kw), each kept.
+    Reference: Xue, Lu, Chang, Wei, Wei, *Self-Distribution Binary Neural Networks*,
+    arXiv:2103.02394, 2021.
     """
 
     def __init__(self, *args, **kwargs):

@@ -21,6 +21,10 @@ class ThresholdShiftBinarizer(Binarizer):
     weight rule, its activation levels and the activation backward rule, evaluated at u. Since
     sign(0) = -1, a = theta maps to -1 and only values above theta to +1.
 
+    Shapes: activations (N, C_in, H, W), weights (C_out, C_in, kh, kw), each kept.
+    Reference: Kim, Park, Lee, Kim, *Improving Accuracy of Binary Neural Networks using
+    Unbalanced Activation Distribution*, CVPR 2021.
+
     Args:
         base: the base method, a registered name or config dict.
         theta: the threshold. The paper studies fixed shifts of the threshold and reports no

@@ -118,6 +118,49 @@ class BinaryBasicBlock(nn.Sequential):
         )
 
 
+def _check_args(
+    depth: int,
+    block: str,
+    stem: str,
+    output_stride: int | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    out_indices: Sequence[int],
+) -> tuple[Sequence[int], Sequence[int]]:
+    """One-line errors for bad :class:`BinaryResNet` arguments; returns (strides, dilations)."""
+    if depth not in ARCH_SETTINGS:
+        raise InputError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
+    if block not in BLOCK_ACTIVATIONS:
+        raise InputError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
+    if stem not in STEM_STRIDES:
+        raise InputError(f"stem must be one of {sorted(STEM_STRIDES)}, got {stem!r}")
+    if output_stride is not None:
+        if output_stride not in OUTPUT_STRIDES:
+            raise InputError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
+        strides, dilations = OUTPUT_STRIDES[output_stride]
+    if len(strides) != 4 or len(dilations) != 4:
+        raise InputError("strides and dilations need one value per stage (4)")
+    if not all(0 <= i < 4 for i in out_indices):
+        raise InputError(f"out_indices must be in 0..3, got {tuple(out_indices)}")
+    return strides, dilations
+
+
+def _stem(stem: str, in_chans: int, channels: int) -> nn.Sequential:
+    """The real-valued stem: 7x7/2 conv + 3x3/2 max-pool ('imagenet') or 3x3/1 ('cifar')."""
+    if stem == "imagenet":
+        return nn.Sequential(
+            nn.Conv2d(in_chans, channels, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+    return nn.Sequential(
+        nn.Conv2d(in_chans, channels, 3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
 # Keys of the classifier, which a headless backbone (num_classes=0) leaves out of a checkpoint.
 CLASSIFIER_PREFIXES = ("fc.", "global_pool.")
 
@@ -185,20 +228,9 @@ class BinaryResNet(BaseModule):
                 raise InputError("give either pretrained or init_cfg, not both")
             init_cfg = dict(type="Pretrained", checkpoint=pretrained, prefix="backbone.")
         super().__init__(init_cfg=init_cfg)
-        if depth not in ARCH_SETTINGS:
-            raise InputError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
-        if block not in BLOCK_ACTIVATIONS:
-            raise InputError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
-        if stem not in STEM_STRIDES:
-            raise InputError(f"stem must be one of {sorted(STEM_STRIDES)}, got {stem!r}")
-        if output_stride is not None:
-            if output_stride not in OUTPUT_STRIDES:
-                raise InputError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
-            strides, dilations = OUTPUT_STRIDES[output_stride]
-        if len(strides) != 4 or len(dilations) != 4:
-            raise InputError("strides and dilations need one value per stage (4)")
-        if not all(0 <= i < 4 for i in out_indices):
-            raise InputError(f"out_indices must be in 0..3, got {tuple(out_indices)}")
+        strides, dilations = _check_args(
+            depth, block, stem, output_stride, strides, dilations, out_indices
+        )
         self.depth = depth
         self.out_indices = tuple(out_indices)
         self.channels = tuple(base_channels * 2**i for i in range(4))
@@ -207,20 +239,7 @@ class BinaryResNet(BaseModule):
         self.grad_checkpointing = False
         self.global_pool_type = global_pool
 
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, base_channels, 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(base_channels),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            )
-        else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, base_channels, 3, stride=1, padding=1, bias=False),
-                nn.BatchNorm2d(base_channels),
-                nn.ReLU(inplace=True),
-            )
-
+        self.stem = _stem(stem, in_chans, base_channels)
         self.stages = nn.ModuleList()
         self.feature_info = []
         reduction = STEM_STRIDES[stem]
@@ -229,18 +248,22 @@ class BinaryResNet(BaseModule):
             zip(ARCH_SETTINGS[depth], self.channels, strides, dilations)
         ):
             first = dilation // 2 if contract_dilation and dilation > 1 else dilation
-            blocks = [
-                BinaryBasicBlock(
-                    in_channels, out_channels, stride, (first, dilation), binarizer, block
+            dilation_pairs = [(first, dilation)] + [(dilation, dilation)] * (num_blocks - 1)
+            self.stages.append(
+                nn.Sequential(
+                    *(
+                        BinaryBasicBlock(
+                            in_channels if j == 0 else out_channels,
+                            out_channels,
+                            stride if j == 0 else 1,
+                            pair,
+                            binarizer,
+                            block,
+                        )
+                        for j, pair in enumerate(dilation_pairs)
+                    )
                 )
-            ]
-            blocks += [
-                BinaryBasicBlock(
-                    out_channels, out_channels, 1, (dilation, dilation), binarizer, block
-                )
-                for _ in range(num_blocks - 1)
-            ]
-            self.stages.append(nn.Sequential(*blocks))
+            )
             reduction *= stride
             self.feature_info.append(
                 dict(num_chs=out_channels, reduction=reduction, module=f"stages.{i}")
