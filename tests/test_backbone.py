@@ -99,21 +99,22 @@ def test_timm_model_contract():
         assert pooled.shape == (2, 64)
         torch.testing.assert_close(pooled, feats.mean((2, 3)))
         torch.testing.assert_close(model.forward_head(feats), model(x))
-        final, inter = model.forward_intermediates(x, indices=(0, 2))
-        assert [t.shape[1:] for t in inter] == [(8, 16, 16), (32, 4, 4)]
+        # timm's 5 levels: 0 is the stem (stride 2), 1..4 the stages
+        final, inter = model.forward_intermediates(x, indices=(0, 1, 3))
+        assert [t.shape[1:] for t in inter] == [(8, 32, 32), (8, 16, 16), (32, 4, 4)]
         torch.testing.assert_close(final, feats)
         assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
-    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8, 16, 32]
     model.reset_classifier(3)
     assert model(x).shape == (2, 3)
     model.reset_classifier(0)
-    assert [t.shape[1] for t in model(x)] == [8, 16, 32, 64]  # headless: the stage outputs
+    torch.testing.assert_close(model(x), pooled)  # headless: the pooled features
 
 
 def test_timm_features_only():
     torch.manual_seed(0)
     model = timm.create_model(
-        "bin_resnet18", features_only=True, out_indices=(1, 2, 3), base_channels=8
+        "bin_resnet18", features_only=True, out_indices=(2, 3, 4), base_channels=8
     ).eval()
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 64, 64))

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmim_dense.binary.functions import ede_sign
+from cmim_dense.binary.fused import adabin_activation, maxout
 from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
@@ -31,6 +33,10 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
         da_B/da = 1[|u| <= 1], da_B/dbeta_a = 1[|u| > 1], da_B/dalpha_a = sign(u) - u 1[|u| <= 1]
         (the public code uses ApproxSign on u instead of the clipped STE).
 
+    Shapes: W (C_out, C_in, kh, kw) and activations (N, C_in, H, W), each kept.
+    Reference: Tu, Chen, Ren, Wang, *AdaBin: Improving Binary Neural Networks with Adaptive
+    Binary Sets*, ECCV 2022.
+
     Args:
         t_min, t_max: EDE schedule range for the weight sign.
     """
@@ -43,16 +49,19 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
     @staticmethod
     def weight_set(w: Tensor) -> tuple[Tensor, Tensor]:
         """(beta_w, alpha_w), each (C_out, 1, 1, 1), of a (C_out, C_in, kh, kw) weight."""
-        dims = tuple(range(1, w.dim()))
+        dims = list(range(1, w.dim()))
         beta = w.mean(dim=dims, keepdim=True)
         alpha = (w - beta).pow(2).mean(dim=dims, keepdim=True).sqrt()
         return beta, alpha.clamp_min(1e-8)
 
-    def activation_threshold(self) -> tuple[Tensor, Tensor]:
+    def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.beta_a, self.alpha_a
 
-    def activation_levels(self) -> tuple[Tensor, Tensor]:
+    def activation_levels(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.alpha_a, self.beta_a
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        return adabin_activation(x, self.alpha_a, self.beta_a)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
         beta, alpha = self.weight_set(w)
@@ -63,7 +72,7 @@ class Maxout(nn.Module):
     """AdaBin's nonlinearity: gamma_pos * ReLU(x) - gamma_neg * ReLU(-x), per channel.
 
     Args:
-        channels: C of the (N, C, H, W) input.
+        channels: C of the (N, C, H, W) input (4-d; the output has the same shape).
         pos_init, neg_init: initial slopes of the positive and negative parts (paper: 1, 0.25).
     """
 
@@ -73,5 +82,4 @@ class Maxout(nn.Module):
         self.neg_scale = nn.Parameter(torch.full((channels,), neg_init))
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.pos_scale.view(shape) * F.relu(x) - self.neg_scale.view(shape) * F.relu(-x)
+        return maxout(x, self.pos_scale, self.neg_scale)

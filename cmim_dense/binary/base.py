@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
-import torch
 from torch import Tensor, nn
 
 from cmim_dense.binary.functions import sign_ste
@@ -36,8 +35,10 @@ class Binarizer(nn.Module):
         a_B = scale * sign(u) + offset      the binary activation    (activation_levels)
 
     with sign(u) = +1 if u > 0 else -1, and the method's surrogate gradient
-    (:meth:`activation_sign`). ``center`` is a scalar or (1, C_in, 1, 1); ``spread``, ``scale``
-    and ``offset`` are scalars. The same form is what an inference engine folds into a
+    (:meth:`activation_sign`). ``center`` is a 0-d tensor or (1, C_in, 1, 1); ``spread``,
+    ``scale`` and ``offset`` are 0-d tensors; None stands for the identity (0 or 1), so a
+    method without them pays no arithmetic, and the model scripts (TorchScript types them
+    ``Optional[Tensor]``). The same form is what an inference engine folds into a
     bit-packed convolution (:mod:`cmim_dense.deploy`), and ``u`` is the a_F that the CMIM taps
     read, so a_B = sign(a_F) exactly (the paper's Eq. 11).
 
@@ -51,19 +52,23 @@ class Binarizer(nn.Module):
         kernel_size: (kh, kw) of the layer.
     """
 
+    # The activation surrogate when it is one of the fused shifted signs ('ste' or 'approx')
+    # and u = x: lets a method that only shifts the threshold (threshold_shift) fuse it.
+    surrogate: str = ""
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int]):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = tuple(kernel_size)
 
-    def activation_threshold(self) -> tuple[Tensor | float, Tensor | float]:
-        """(center, spread) of u = (x - center) / spread; (0, 1) means u = x."""
-        return 0.0, 1.0
+    def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
+        """(center, spread) of u = (x - center) / spread; None stands for 0 and 1 (u = x)."""
+        return None, None
 
-    def activation_levels(self) -> tuple[Tensor | float, Tensor | float]:
-        """(scale, offset) of a_B = scale * sign(u) + offset; (1, 0) means a_B = sign(u)."""
-        return 1.0, 0.0
+    def activation_levels(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
+        """(scale, offset) of a_B = scale * sign(u) + offset; None stands for 1 and 0."""
+        return None, None
 
     def activation_sign(self, u: Tensor) -> Tensor:
         """sign(u) in {-1, +1} with the method's surrogate gradient (default: clipped STE)."""
@@ -72,16 +77,26 @@ class Binarizer(nn.Module):
     def activation(self, x: Tensor) -> BinaryActivation:
         """(N, C_in, H, W) real input -> its latent u, sign(u) and the binary value."""
         center, spread = self.activation_threshold()
-        u = x if _is_const(center, 0.0) else x - center
-        u = u if _is_const(spread, 1.0) else u / spread
+        u = x
+        if center is not None:
+            u = u - center
+        if spread is not None:
+            u = u / spread
         sign = self.activation_sign(u)
         scale, offset = self.activation_levels()
-        value = sign if _is_const(scale, 1.0) else sign * scale
-        value = value if _is_const(offset, 0.0) else value + offset
+        value = sign
+        if scale is not None:
+            value = value * scale
+        if offset is not None:
+            value = value + offset
         return BinaryActivation(u, sign, value)
 
     def binarize_activation(self, x: Tensor) -> Tensor:
-        """(N, C_in, H, W) real -> (N, C_in, H, W) in the method's binary set."""
+        """(N, C_in, H, W) real -> (N, C_in, H, W) in the method's binary set.
+
+        The same value and gradients as ``activation(x).value``; a method overrides it with
+        one fused autograd function where that saves passes over the activations.
+        """
         return self.activation(x).value
 
     def binarize_weight(self, w: Tensor) -> Tensor:
@@ -93,8 +108,3 @@ class Binarizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}"
-
-
-def _is_const(value: Tensor | float, const: float) -> bool:
-    """True if ``value`` is the Python number ``const`` (a tensor never is: it may be learned)."""
-    return not isinstance(value, torch.Tensor) and value == const

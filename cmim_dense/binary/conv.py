@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from cmim_dense.binary.registry import build_binarizer
@@ -13,6 +14,7 @@ from cmim_dense.binary.registry import build_binarizer
 TapFn = Callable[["BinaryConv2d", Tensor, Tensor], None]
 
 
+@register_notrace_module  # FX sees one call: the binarizer's state stays out of the graph
 class BinaryConv2d(nn.Conv2d):
     """``conv(binarize_activation(x), binarize_weight(W))``.
 
@@ -56,9 +58,18 @@ class BinaryConv2d(nn.Conv2d):
 
         Without autograd (evaluation, a frozen backbone) it is computed once and reused
         until the weight or the binarizer's state changes, which saves re-binarizing fixed
-        weights every forward (about a third of a frozen ResNet-18 forward on CPU).
+        weights every forward (about a third of a frozen ResNet-18 forward on CPU). A
+        scripted model binarizes every forward (TorchScript has no version counters).
         """
-        if torch.is_grad_enabled():
+        if torch.jit.is_scripting():
+            return self.binarizer.binarize_weight(self.weight)
+        else:
+            return self._cached_binary_weight()
+
+    @torch.jit.unused
+    def _cached_binary_weight(self) -> Tensor:
+        # A compiler or exporter traces the binarization itself (the cache reads pointers).
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             self._weight_cache = None
             return self.binarizer.binarize_weight(self.weight)
         state = self._weight_state()
@@ -68,10 +79,18 @@ class BinaryConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) real input -> (N, C_out, H', W') conv of the binarized input."""
-        act = self.binarizer.activation(x)
-        if self.tap is not None:
-            self.tap(self, act.latent, act.sign)
+        if torch.jit.is_scripting() or self.tap is None:
+            value = self.binarizer.binarize_activation(x)
+        else:
+            value = self._tapped_activation(x)
         w_bin = self.binary_weight()
         return F.conv2d(
-            act.value, w_bin, self.bias, self.stride, self.padding, self.dilation, self.groups
+            value, w_bin, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
+
+    @torch.jit.unused
+    def _tapped_activation(self, x: Tensor) -> Tensor:
+        """The unfused activation, whose latent u and sign(u) the tap records."""
+        act = self.binarizer.activation(x)
+        self.tap(self, act.latent, act.sign)
+        return act.value

@@ -55,14 +55,14 @@ def weight_features(w: Tensor) -> Tensor:
     per_out = w.flatten(1)
     channel_mean = per_out.mean(1).view(-1, 1, 1, 1)
     channel_std = per_out.std(1, unbiased=False).view(-1, 1, 1, 1)
-    features = (
+    features = [
         w,
         channel_mean.expand_as(w),
         channel_std.expand_as(w),
         w.mean(dim=(0, 2, 3), keepdim=True).expand_as(w),
         w.mean(dim=(0, 1), keepdim=True).expand_as(w),
-    )
-    return torch.stack([f / scale for f in features], dim=-1).view(-1, NUM_FEATURES)
+    ]
+    return torch.stack(features, dim=-1).div(scale).view(-1, len(features))
 
 
 @BINARIZERS.register_module(name="lns")
@@ -73,6 +73,10 @@ class LNSBinarizer(Binarizer):
     sign(W) (LNS fine-tunes a trained BNN); the gradient reaches p and W through the clipped
     STE. The per-output-channel scale mean(|W|) is the XNOR / Bi-Real one of the baselines LNS
     fine-tunes (``scale=False`` gives plain {-1, +1}). Activations: sign with ApproxSign.
+
+    Shapes: W (C_out, C_in, kh, kw) -> W_B same shape; activations (N, C_in, H, W) kept.
+    Reference: Han, Wang, Xu, Xu, Wu, Xu, *Training Binary Neural Networks through Learning
+    with Noisy Supervision*, ICML 2020.
 
     Args:
         hidden: hidden width of the binarization network (memory: numel(W) * hidden floats).
@@ -109,9 +113,14 @@ class LNSBinarizer(Binarizer):
         return approx_sign(u)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
-        self._last_weight = w.detach()
+        if not torch.jit.is_scripting():
+            self._remember(w)
         binary = sign_ste(self.logits(w))
         return channel_mean_abs(w) * binary if self.scale else binary
+
+    @torch.jit.unused
+    def _remember(self, w: Tensor) -> None:
+        self._last_weight = w.detach()
 
     def noisy_label_loss(self) -> Tensor:
         """Mean unbiased loss of the logits of the last forward's weight against sign(W).

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cmim_dense.binary.functions import SurrogateSign, hard_sign, standardize_per_channel
+from cmim_dense.binary.functions import hard_sign, rbnn_sign, standardize_per_channel
 from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
@@ -30,19 +30,6 @@ def random_orthogonal(n: int, generator: torch.Generator | None = None) -> Tenso
     """A Haar-random orthogonal (n, n) matrix: QR of a Gaussian matrix, signs fixed by diag(R)."""
     q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
     return (q * torch.sign(torch.diagonal(r))).float()
-
-
-class _TrainingAwareSign(SurrogateSign):
-    """sign forward; backward F'(x) = k * max(0, sqrt(2) t - t^2 |x|) (RBNN Eq. 15)."""
-
-    @staticmethod
-    def derivative(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
-        return k * (math.sqrt(2.0) * t - t * t * x.abs()).clamp(min=0)
-
-
-def rbnn_sign(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
-    """sign with RBNN's training-aware gradient ``k max(0, sqrt(2) t - t^2 |x|)``; t, k 0-d."""
-    return _TrainingAwareSign.apply(x, t, k)
 
 
 @BINARIZERS.register_module(name="rbnn")
@@ -62,6 +49,9 @@ class RBNNBinarizer(EDEScheduledBinarizer):
     paper's defaults), driven by :class:`~cmim_dense.engine.BinarizerProgressHook`. R1 and R2
     are constants for autograd, so dW~/dW_std = (1 - alpha) I + alpha * (rotation by R1, R2):
     the exact gradient of the formula above (the public code instead detaches W_rot).
+
+    Reference: Lin, Ji, Xu, Zhang, Wang, Wu, Huang, Lin, *Rotated Binary Neural Network*,
+    NeurIPS 2020.
 
     Args:
         t_min, t_max: range of t over training.
@@ -91,8 +81,7 @@ class RBNNBinarizer(EDEScheduledBinarizer):
         """(C_out, C_in, kh, kw) -> (C_out, n1, n2), zero mean and unit std per output channel."""
         if w[0].numel() != self.n1 * self.n2:
             raise ValueError(
-                f"RBNN expects {self.n1 * self.n2} weights per output channel (groups=1), "
-                f"got {w[0].numel()}"
+                "RBNN expects C_in * kh * kw = n1 * n2 weights per output channel (groups=1)"
             )
         return standardize_per_channel(w).view(-1, self.n1, self.n2)
 
@@ -107,14 +96,25 @@ class RBNNBinarizer(EDEScheduledBinarizer):
         return rbnn_sign(u, self.t, self.k)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            self._remember(w)
+        return self.scale * rbnn_sign(self.rotated_weight(w), self.t, self.k)
+
+    @torch.jit.unused
+    def _remember(self, w: Tensor) -> None:
+        """Keep the weight for :meth:`flip_ratio`; set the scale to mean(|W|) the first time.
+
+        The first forward (after a build or a load) writes the scale only where the loaded
+        flag says it was never set, without reading the flag back (no host sync, and no
+        data-dependent branch for ``torch.compile``).
+        """
         if not self._scale_checked:
-            if not bool(self.scale_initialized):
-                with torch.no_grad():
-                    self.scale.copy_(w.abs().mean(dim=(1, 2, 3), keepdim=True))
-                    self.scale_initialized.fill_(True)
+            with torch.no_grad():
+                fresh = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+                self.scale.copy_(torch.where(self.scale_initialized, self.scale, fresh))
+                self.scale_initialized.fill_(True)
             self._scale_checked = True
         self._last_weight = w.detach()
-        return self.scale * rbnn_sign(self.rotated_weight(w), self.t, self.k)
 
     @torch.no_grad()
     def update_rotation(self, w: Tensor, num_steps: int = 3) -> None:

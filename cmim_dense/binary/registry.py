@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from mmengine.registry import Registry
 
 from cmim_dense.utils.errors import InputError
@@ -26,6 +29,19 @@ def build_binarizer(
     # Instantiated directly: the registry is project-local, so building through it under
     # another default scope (mmseg) would only add a scope-switch warning.
     return BINARIZERS.module_dict[cfg.pop("type")](in_channels, out_channels, kernel_size, **cfg)
+
+
+def discover_binarizers(package: str) -> list[str]:
+    """Import every module of ``package`` (not its subpackages), so that their classes register.
+
+    ``cmim_dense.binary`` runs it on itself at import; a project of one's own can run it on
+    its package of binarizers. Returns the imported module names.
+    """
+    root = importlib.import_module(package)
+    names = [f"{package}.{info.name}" for info in pkgutil.iter_modules(root.__path__)]
+    for name in names:
+        importlib.import_module(name)
+    return names
 
 
 def list_binarizers() -> list[str]:

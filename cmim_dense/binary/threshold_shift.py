@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
 from cmim_dense.binary.base import Binarizer
+from cmim_dense.binary.fused import shifted_sign
 from cmim_dense.binary.registry import BINARIZERS, build_binarizer
 from cmim_dense.utils.errors import InputError
 
@@ -17,6 +20,10 @@ class ThresholdShiftBinarizer(Binarizer):
     The base binarizer (``'xnor'``, ``'bireal'``, ``'ste'``, ... or a config dict) supplies the
     weight rule, its activation levels and the activation backward rule, evaluated at u. Since
     sign(0) = -1, a = theta maps to -1 and only values above theta to +1.
+
+    Shapes: activations (N, C_in, H, W), weights (C_out, C_in, kh, kw), each kept.
+    Reference: Kim, Park, Lee, Kim, *Improving Accuracy of Binary Neural Networks using
+    Unbalanced Activation Distribution*, CVPR 2021.
 
     Args:
         base: the base method, a registered name or config dict.
@@ -46,16 +53,26 @@ class ThresholdShiftBinarizer(Binarizer):
             self.theta = nn.Parameter(value)
         else:
             self.register_buffer("theta", value)
+        # u = a - theta and the base's plain sign: one fused shifted sign.
+        plain = self.base.activation_threshold() + self.base.activation_levels()
+        self.fused = self.base.surrogate if all(v is None for v in plain) else ""
 
     def set_progress(self, progress: float) -> None:
         self.base.set_progress(progress)
 
-    def activation_threshold(self) -> tuple[Tensor, Tensor | float]:
+    def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         center, spread = self.base.activation_threshold()
+        if center is None:
+            return self.theta, spread
         return self.theta + center, spread
 
-    def activation_levels(self) -> tuple[Tensor | float, Tensor | float]:
+    def activation_levels(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.base.activation_levels()
+
+    def binarize_activation(self, x: Tensor) -> Tensor:
+        if self.fused != "":
+            return shifted_sign(x, self.theta, self.fused == "approx")
+        return self.activation(x).value
 
     def activation_sign(self, u: Tensor) -> Tensor:
         return self.base.activation_sign(u)

@@ -10,6 +10,10 @@ cmim-dense benchmark deploy [--config CFG] [--size 480 640]
     the config's frozen binary backbone at batch 1 on 2 threads: PyTorch simulation, OpenVINO fp32
     IR, OpenVINO bit-packed binary IR, and every binary 3x3 layer alone; last lines:
     openvino_binary/torch_fp32, openvino_binary/openvino_fp32, size fp32/binary
+cmim-dense benchmark binarizers [--binarizers irnet adabin] [--setting 224 16] [--compiled]
+    one SGD step of each binarizer's binary ResNet-18 vs torchvision's float ResNet-18, at
+    224 px batch 16 and 32 px batch 32 (or the --setting SIZE BATCH given), 2 threads; with
+    --compiled also the torch.compile'd step
 cmim-dense benchmark deploy --whole [--config CFG] [--size 480 640] [--threads 2]
     the whole dense model: PyTorch eager, OpenVINO fp32, binary backbone + fp32 heads, binary +
     INT8 heads; ratios, the heads' share and the 5 slowest ops (cmim_dense/bench/deploy_whole.py)
@@ -97,7 +101,19 @@ def run_deploy(args: argparse.Namespace) -> None:
     print(f"size fp32/binary: {ratio:.1f}")
 
 
-RUNNERS = {"cmim": run_cmim, "transfer": run_transfer, "deploy": run_deploy}
+def run_binarizers(args: argparse.Namespace) -> None:
+    from cmim_dense.bench.binarizers import run
+
+    settings = [tuple(s) for s in args.setting] if args.setting else ((224, 16), (32, 32))
+    run(settings, args.binarizers, args.iters, args.compiled, args.threads)
+
+
+RUNNERS = {
+    "cmim": run_cmim,
+    "transfer": run_transfer,
+    "deploy": run_deploy,
+    "binarizers": run_binarizers,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--iters", type=iters, default=11)
     deploy.add_argument("--threads", type=int_at_least(1), default=2)
     deploy.add_argument("--whole", action="store_true", help="the whole dense model, deployed")
+    binarizers = sub.add_parser("binarizers", help="each binarizer's step vs the float step")
+    binarizers.add_argument("--binarizers", nargs="+", default=None, metavar="NAME")
+    binarizers.add_argument(
+        "--setting", type=int_at_least(1), nargs=2, action="append", metavar=("PX", "N")
+    )
+    binarizers.add_argument("--iters", type=iters, default=10)
+    binarizers.add_argument("--threads", type=int_at_least(1), default=2)
+    binarizers.add_argument("--compiled", action="store_true", help="also time torch.compile")
     return parser
 
 

@@ -74,7 +74,9 @@ class FoldedBinaryConv:
         return self.signs.sum(axis=1, keepdims=True)
 
 
-def _scalar(value: Tensor | float, what: str, method: str) -> float:
+def _scalar(value: Tensor | float | None, what: str, method: str, default: float) -> float:
+    if value is None:  # the binarizer's way of saying "identity"
+        return default
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise NotExportableError(
@@ -113,11 +115,13 @@ def fold_binary_conv(conv: BinaryConv2d) -> FoldedBinaryConv:
     scale, offset = torch.where(single, hi, scale), torch.where(single, 0.0, offset)
 
     center, spread = conv.binarizer.activation_threshold()
-    spread = _scalar(spread, "spread", method)
+    spread = _scalar(spread, "spread", method, 1.0)
     if spread == 0 or not np.isfinite(spread):
         raise NotExportableError(f"{method}: activation spread {spread} has no sign")
-    gamma, delta = (_scalar(v, "level", method) for v in conv.binarizer.activation_levels())
-    center = torch.as_tensor(center, dtype=torch.float32).detach().cpu()
+    gamma, delta = conv.binarizer.activation_levels()
+    gamma, delta = _scalar(gamma, "level", method, 1.0), _scalar(delta, "level", method, 0.0)
+    center = torch.as_tensor(0.0 if center is None else center, dtype=torch.float32)
+    center = center.detach().cpu()
     center = center.reshape(-1).expand(conv.in_channels) if center.numel() == 1 else center
     return FoldedBinaryConv(
         bits=bits.numpy(),

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import torch
 from mmengine.model import BaseModule
 from timm.layers import Mlp, create_classifier
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq
 from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.binary.adabin import Maxout
 from cmim_dense.registry import MODELS
-from cmim_dense.utils.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict
+from cmim_dense.utils.checkpoint import load_state_dict_strict, read_state_dict
 from cmim_dense.utils.errors import InputError
 
 ARCH_SETTINGS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -118,6 +118,49 @@ class BinaryBasicBlock(nn.Sequential):
         )
 
 
+def _check_args(
+    depth: int,
+    block: str,
+    stem: str,
+    output_stride: int | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    out_indices: Sequence[int],
+) -> tuple[Sequence[int], Sequence[int]]:
+    """One-line errors for bad :class:`BinaryResNet` arguments; returns (strides, dilations)."""
+    if depth not in ARCH_SETTINGS:
+        raise InputError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
+    if block not in BLOCK_ACTIVATIONS:
+        raise InputError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
+    if stem not in STEM_STRIDES:
+        raise InputError(f"stem must be one of {sorted(STEM_STRIDES)}, got {stem!r}")
+    if output_stride is not None:
+        if output_stride not in OUTPUT_STRIDES:
+            raise InputError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
+        strides, dilations = OUTPUT_STRIDES[output_stride]
+    if len(strides) != 4 or len(dilations) != 4:
+        raise InputError("strides and dilations need one value per stage (4)")
+    if not all(0 <= i < 4 for i in out_indices):
+        raise InputError(f"out_indices must be in 0..3, got {tuple(out_indices)}")
+    return strides, dilations
+
+
+def _stem(stem: str, in_chans: int, channels: int) -> nn.Sequential:
+    """The real-valued stem: 7x7/2 conv + 3x3/2 max-pool ('imagenet') or 3x3/1 ('cifar')."""
+    if stem == "imagenet":
+        return nn.Sequential(
+            nn.Conv2d(in_chans, channels, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+    return nn.Sequential(
+        nn.Conv2d(in_chans, channels, 3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
 # Keys of the classifier, which a headless backbone (num_classes=0) leaves out of a checkpoint.
 CLASSIFIER_PREFIXES = ("fc.", "global_pool.")
 
@@ -158,6 +201,9 @@ class BinaryResNet(BaseModule):
     with s = (4, 8, 16, 32) at output stride 32 for the ImageNet stem.
     """
 
+    # mmengine's init flag: a property TorchScript would compile (and could not type).
+    __jit_unused_properties__ = ["is_init"]
+
     def __init__(
         self,
         depth: int = 18,
@@ -182,40 +228,18 @@ class BinaryResNet(BaseModule):
                 raise InputError("give either pretrained or init_cfg, not both")
             init_cfg = dict(type="Pretrained", checkpoint=pretrained, prefix="backbone.")
         super().__init__(init_cfg=init_cfg)
-        if depth not in ARCH_SETTINGS:
-            raise InputError(f"depth must be one of {sorted(ARCH_SETTINGS)}, got {depth}")
-        if block not in BLOCK_ACTIVATIONS:
-            raise InputError(f"block must be one of {sorted(BLOCK_ACTIVATIONS)}, got {block!r}")
-        if stem not in STEM_STRIDES:
-            raise InputError(f"stem must be one of {sorted(STEM_STRIDES)}, got {stem!r}")
-        if output_stride is not None:
-            if output_stride not in OUTPUT_STRIDES:
-                raise InputError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
-            strides, dilations = OUTPUT_STRIDES[output_stride]
-        if len(strides) != 4 or len(dilations) != 4:
-            raise InputError("strides and dilations need one value per stage (4)")
-        if not all(0 <= i < 4 for i in out_indices):
-            raise InputError(f"out_indices must be in 0..3, got {tuple(out_indices)}")
+        strides, dilations = _check_args(
+            depth, block, stem, output_stride, strides, dilations, out_indices
+        )
         self.depth = depth
         self.out_indices = tuple(out_indices)
         self.channels = tuple(base_channels * 2**i for i in range(4))
         self.num_features = self.channels[-1]
         self.head_hidden = head_hidden
+        self.grad_checkpointing = False
+        self.global_pool_type = global_pool
 
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, base_channels, 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(base_channels),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            )
-        else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, base_channels, 3, stride=1, padding=1, bias=False),
-                nn.BatchNorm2d(base_channels),
-                nn.ReLU(inplace=True),
-            )
-
+        self.stem = _stem(stem, in_chans, base_channels)
         self.stages = nn.ModuleList()
         self.feature_info = []
         reduction = STEM_STRIDES[stem]
@@ -224,24 +248,28 @@ class BinaryResNet(BaseModule):
             zip(ARCH_SETTINGS[depth], self.channels, strides, dilations)
         ):
             first = dilation // 2 if contract_dilation and dilation > 1 else dilation
-            blocks = [
-                BinaryBasicBlock(
-                    in_channels, out_channels, stride, (first, dilation), binarizer, block
+            dilation_pairs = [(first, dilation)] + [(dilation, dilation)] * (num_blocks - 1)
+            self.stages.append(
+                nn.Sequential(
+                    *(
+                        BinaryBasicBlock(
+                            in_channels if j == 0 else out_channels,
+                            out_channels,
+                            stride if j == 0 else 1,
+                            pair,
+                            binarizer,
+                            block,
+                        )
+                        for j, pair in enumerate(dilation_pairs)
+                    )
                 )
-            ]
-            blocks += [
-                BinaryBasicBlock(
-                    out_channels, out_channels, 1, (dilation, dilation), binarizer, block
-                )
-                for _ in range(num_blocks - 1)
-            ]
-            self.stages.append(nn.Sequential(*blocks))
+            )
             reduction *= stride
             self.feature_info.append(
                 dict(num_chs=out_channels, reduction=reduction, module=f"stages.{i}")
             )
             in_channels = out_channels
-        self.reset_classifier(num_classes, global_pool)
+        self.reset_classifier(num_classes)
 
     # -- weights ---------------------------------------------------------------------------
     def init_weights(self) -> None:
@@ -326,9 +354,21 @@ class BinaryResNet(BaseModule):
     def forward_features(self, x: Tensor) -> Tensor:
         """(N, 3, H, W) -> the last stage's output (N, C, h, w)."""
         x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
         for stage in self.stages:
             x = stage(x)
         return x
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations (timm)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups for layer-wise learning-rate decay (timm): the stem, then blocks."""
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Last stage output (N, C, h, w) -> logits (N, num_classes), or the pooled (N, C)."""
@@ -341,11 +381,19 @@ class BinaryResNet(BaseModule):
             return self.forward_head(self.forward_features(x))
         return tuple(self.forward_intermediates(x, self.out_indices, intermediates_only=True))
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        """A new classifier for ``num_classes`` (0: none, ``forward`` returns features)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: none) with ``global_pool`` (None: keep).
+
+        Without a classifier ``forward`` returns the ``out_indices`` stage outputs here (the
+        mmseg backbone), and the pooled features in the timm model.
+        """
+        if global_pool is not None:
+            self.global_pool_type = global_pool
+        global_pool = self.global_pool_type
         self.num_classes = num_classes
         if num_classes > 0 and self.head_hidden:
             self.global_pool = create_classifier(self.num_features, 0, global_pool)[0]
@@ -366,64 +414,3 @@ def _stage_indices(indices: int | Sequence[int] | None, num_stages: int) -> list
     if not all(0 <= i < num_stages for i in take):
         raise InputError(f"stage indices must be in 0..{num_stages - 1}, got {list(indices)}")
     return take
-
-
-def _cfg(**kwargs) -> dict:
-    return dict(
-        url="",
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        crop_pct=0.875,
-        interpolation="bilinear",
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        first_conv="stem.0",
-        classifier="fc",
-        license="apache-2.0",
-        **kwargs,
-    )
-
-
-default_cfgs = generate_default_cfgs(
-    {"bin_resnet18.untrained": _cfg(), "bin_resnet34.untrained": _cfg()}
-)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """timm's pretrained filter: a project checkpoint keeps the network under ``backbone.``
-    (beside CMIM critics and banks); take those keys without the prefix."""
-    prefix = "backbone."
-    if any(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    return state_dict
-
-
-def _create_timm(variant: str, depth: int, pretrained: bool, **kwargs) -> BinaryResNet:
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    if pretrained and not overlay.get("file"):
-        raise CheckpointError(
-            "no pretrained binary weights are hosted; pass a project checkpoint with "
-            "pretrained_cfg_overlay=dict(file=PATH, num_classes=N)"
-        )
-    return build_model_with_cfg(
-        BinaryResNet,
-        variant,
-        pretrained,
-        depth=depth,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter"),
-        **kwargs,
-    )
-
-
-@register_model
-def bin_resnet18(pretrained: bool = False, **kwargs) -> BinaryResNet:
-    """Binary ResNet-18; ``timm.create_model('bin_resnet18', binarizer='irnet')``."""
-    return _create_timm("bin_resnet18", 18, pretrained, **kwargs)
-
-
-@register_model
-def bin_resnet34(pretrained: bool = False, **kwargs) -> BinaryResNet:
-    """Binary ResNet-34; ``timm.create_model('bin_resnet34', binarizer='irnet')``."""
-    return _create_timm("bin_resnet34", 34, pretrained, **kwargs)

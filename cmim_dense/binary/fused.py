@@ -1,0 +1,152 @@
+"""Fused forward/backward of the binarizers' elementwise maths, one autograd Function each.
+
+Autograd through the plain formulas runs one kernel per operator forward and backward, and
+keeps every intermediate; each Function here computes its output with fewer passes over the
+tensor and saves only what its backward reads. The values are those of the plain formulas
+bit for bit, and the gradients are their exact derivatives (``tests/test_fused.py`` checks
+both against the unfused path). Like :mod:`cmim_dense.binary.functions`, each has a plain
+TorchScript branch (inference only) and is one call for FX.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import register_notrace_function
+from torch import Tensor
+
+from cmim_dense.binary.functions import approx_sign_derivative, hard_sign, ste_mask
+
+
+class _ShiftedSign(torch.autograd.Function):
+    """sign(x - c), c a 0-d or (1, C, 1, 1) tensor, with the clipped STE or ApproxSign at u."""
+
+    @staticmethod
+    def forward(x: Tensor, center: Tensor, approx: bool) -> Tensor:
+        # x > c exactly when x - c > 0 (IEEE subtraction of unequal floats is never 0).
+        return torch.where(x > center, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, center, approx = inputs
+        ctx.approx = approx
+        ctx.save_for_backward(x, center)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, center = ctx.saved_tensors
+        u = x - center
+        grad_x = grad * approx_sign_derivative(u) if ctx.approx else grad * ste_mask(u)
+        grad_center = -grad_x.sum_to_size(center.shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_center, None
+
+
+@register_notrace_function
+def shifted_sign(x: Tensor, center: Tensor, approx: bool) -> Tensor:
+    """sign(x - center) in {-1, +1}: (N, C, H, W) with a 0-d or (1, C, 1, 1) center.
+
+    Backward at u = x - center: ApproxSign max(0, 2 - 2|u|) if ``approx``, else the clipped
+    STE 1[|u| <= 1]; the center gets minus the sum of x's gradient over what it broadcasts.
+    """
+    if torch.jit.is_scripting():
+        return hard_sign(x - center)
+    return _ShiftedSign.apply(x, center, approx)
+
+
+class _AdaBinActivation(torch.autograd.Function):
+    """alpha sign(u) + beta, u = (x - beta) / alpha, with the clipped STE at u."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+        u = (x - beta) / alpha
+        ctx.save_for_backward(u)  # the one tensor the backward reads
+        return torch.where(u > 0, alpha + beta, beta - alpha).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (u,) = ctx.saved_tensors
+        inside = ste_mask(u)
+        grad_x = grad * inside
+        grad_alpha = (grad * (hard_sign(u) - u * inside)).sum()
+        grad_beta = (grad - grad_x).sum()
+        return grad_x, grad_alpha, grad_beta
+
+
+@register_notrace_function
+def adabin_activation(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """AdaBin's a_B = alpha sign((x - beta) / alpha) + beta; alpha, beta 0-d; x's shape out.
+
+    Backward: da_B/dx = 1[|u| <= 1], da_B/dbeta = 1[|u| > 1],
+    da_B/dalpha = sign(u) - u 1[|u| <= 1] (summed over x for the scalars).
+    """
+    if torch.jit.is_scripting():
+        u = (x - beta) / alpha
+        return torch.where(u > 0, alpha + beta, beta - alpha)
+    return _AdaBinActivation.apply(x, alpha, beta)
+
+
+class _Maxout(torch.autograd.Function):
+    """p_c relu(x) - n_c relu(-x) for (N, C, H, W) x and (C,) slopes p, n."""
+
+    @staticmethod
+    def forward(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        slope = torch.where(x > 0, pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1))
+        return x * slope
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, pos, neg = inputs
+        ctx.save_for_backward(x, pos, neg)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, pos, neg = ctx.saved_tensors
+        positive, negative = x > 0, x < 0  # relu'(0) = 0: no slope at exactly 0
+        zero = torch.zeros((), dtype=x.dtype)
+        slope = torch.where(positive, pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1))
+        grad_x = grad * torch.where(positive | negative, slope, zero)
+        gx = grad * x
+        grad_pos = torch.where(positive, gx, zero).sum((0, 2, 3))
+        grad_neg = torch.where(positive, zero, gx).sum((0, 2, 3))
+        return grad_x, grad_pos, grad_neg
+
+
+@register_notrace_function
+def maxout(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """AdaBin's Maxout pos_c relu(x) - neg_c relu(-x): (N, C, H, W) x, (C,) pos and neg."""
+    if torch.jit.is_scripting():
+        return x * torch.where(x > 0, pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1))
+    return _Maxout.apply(x, pos, neg)
+
+
+class _MeanAbsSign(torch.autograd.Function):
+    """mean(|W|)_c sign(W) per output channel, clipped STE through the sign."""
+
+    @staticmethod
+    def forward(w: Tensor) -> Tensor:
+        dims = list(range(1, w.dim()))
+        return w.abs().mean(dims, keepdim=True) * hard_sign(w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        # The output is what the conv keeps for its own backward: saving it costs nothing.
+        ctx.save_for_backward(inputs[0], output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        w, out = ctx.saved_tensors
+        dims = list(range(1, w.dim()))
+        alpha = out.flatten(1)[:, :1].abs().view(-1, *([1] * len(dims)))  # |±alpha| = alpha
+        through_sign = grad * alpha * ste_mask(w)
+        grad_alpha = (grad * hard_sign(w)).sum(dims, keepdim=True)
+        return through_sign + grad_alpha / w[0].numel() * torch.sgn(w)
+
+
+@register_notrace_function
+def mean_abs_sign(w: Tensor) -> Tensor:
+    """XNOR / Bi-Real weights: (C_out, C_in, kh, kw) -> mean(|W|)_c sign(W), same shape.
+
+    Backward: g mean(|W|)_c 1[|W| <= 1] + sgn(W) sum_c(g sign(W)) / n, n = C_in kh kw.
+    """
+    if torch.jit.is_scripting():
+        return w.abs().mean(list(range(1, w.dim())), keepdim=True) * hard_sign(w)
+    return _MeanAbsSign.apply(w)

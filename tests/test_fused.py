@@ -1,0 +1,88 @@
+"""The fused autograd functions against the plain formulas they replace: values bit for bit,
+gradients to the last bits (the exact derivatives, summed in another order at most)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmim_dense.binary import build_binarizer, list_binarizers, sign_ste
+from cmim_dense.binary.adabin import Maxout
+from cmim_dense.binary.functions import channel_mean_abs
+from cmim_dense.binary.fused import mean_abs_sign
+
+
+def _input(shape=(3, 4, 5, 5)) -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 1.5
+    x.view(-1)[:6] = torch.tensor([0.0, 1.0, -1.0, 0.5, -0.5, 2.0])  # kinks and sign(0)
+    return x
+
+
+def _perturbed(name: str):
+    torch.manual_seed(1)
+    binarizer = build_binarizer(name, 4, 6, (3, 3)).double()
+    with torch.no_grad():
+        for p in binarizer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return binarizer
+
+
+def _grads(fn, x, params):
+    x = x.clone().requires_grad_(True)
+    for p in params:
+        p.grad = None
+    out = fn(x)
+    torch.manual_seed(2)
+    (out * torch.randn_like(out)).sum().backward()
+    return out.detach(), [x.grad, *[p.grad for p in params]]
+
+
+@pytest.mark.parametrize("name", list_binarizers())
+def test_fused_activation_matches_the_plain_formula(name):
+    binarizer = _perturbed(name)
+    params = list(binarizer.parameters())
+    x = _input().double()
+    fused, fused_grads = _grads(binarizer.binarize_activation, x, params)
+    plain, plain_grads = _grads(lambda v: binarizer.activation(v).value, x, params)
+    assert torch.equal(fused, plain)
+    for got, expected in zip(fused_grads, plain_grads):
+        if expected is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_shifted_sign_is_exact_at_the_threshold():
+    react = build_binarizer("react", 2, 2, (1, 1))
+    with torch.no_grad():
+        react.threshold.copy_(torch.tensor([0.3, -0.2]).view(1, 2, 1, 1))
+    x = torch.tensor([[0.3, 0.3000001], [-0.2, -0.1999999]]).view(1, 2, 1, 2)
+    assert torch.equal(react.binarize_activation(x).flatten(), torch.tensor([-1.0, 1, -1, 1]))
+
+
+def test_mean_abs_sign_matches_autograd_of_the_formula_bit_for_bit():
+    w = _input((6, 4, 3, 3))
+    w.view(-1)[6:12] = 0.0  # sgn(0) = 0 in the scale's gradient, sign(0) = -1 in the value
+    out, (g,) = _grads(mean_abs_sign, w, [])
+    ref, (g_ref,) = _grads(lambda v: channel_mean_abs(v) * sign_ste(v), w, [])
+    assert torch.equal(out, ref)
+    assert torch.equal(g, g_ref)
+
+
+def test_fused_maxout_matches_the_relu_formula():
+    maxout = Maxout(4).double()
+    with torch.no_grad():
+        maxout.pos_scale.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+        maxout.neg_scale.copy_(torch.tensor([0.25, -0.5, 3.0, 1.0]))
+    params = list(maxout.parameters())
+    x = _input().double()
+
+    def plain(v):
+        pos, neg = maxout.pos_scale.view(1, -1, 1, 1), maxout.neg_scale.view(1, -1, 1, 1)
+        return pos * F.relu(v) - neg * F.relu(-v)
+
+    out, grads = _grads(maxout, x, params)
+    ref, ref_grads = _grads(plain, x, params)
+    assert torch.equal(out, ref)
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
