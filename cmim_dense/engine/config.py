@@ -117,12 +117,21 @@ def load_config(
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     check_config_keys(cfg)
+    _save_before_pruning(cfg)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", Path(config).stem)
     return cfg
+
+
+def _save_before_pruning(cfg: Config) -> None:
+    """Use :class:`~cmim_dense.engine.checkpoint_hook.SafeCheckpointHook` for a config that
+    names mmengine's ``CheckpointHook``, which deletes old checkpoints before saving."""
+    hook = (cfg.get("default_hooks") or {}).get("checkpoint")
+    if isinstance(hook, dict) and hook.get("type") in ("CheckpointHook", "mmengine.CheckpointHook"):
+        hook["type"] = "SafeCheckpointHook"
 
 
 def build_model(

@@ -1,0 +1,153 @@
+"""Real faults and bad input against the tools: nothing lost, nothing silent.
+
+Faults are real where the operating system can make them: a file size limit
+(``RLIMIT_FSIZE``, the kernel refuses the write as on a full disk), SIGKILL and SIGSTOP of
+real processes, concurrent launches. Runs are tiny: a width-8 binary ResNet-18 on 10 CIFAR-10
+images, batch 4, 1 epoch = 3 iterations, without validation.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _data_writers import write_cifar10
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TOOLS = REPO / "tools"
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _tool_main(name: str):
+    """``main(argv)`` of ``tools/<name>.py``."""
+    return runpy.run_path(str(TOOLS / f"{name}.py"), run_name=f"tools_{name}")["main"]
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root / "cifar-10-batches-py", per_batch=2, num_test=4)
+    return root
+
+
+def _config(folder: Path, name: str, cifar: Path, epochs: int = 3, body: str = "") -> Path:
+    """A tiny CIFAR-10 pretraining config at ``<folder>/<name>.py``; one checkpoint per epoch,
+    only the newest kept (the case where mmengine deleted before saving)."""
+    loader = dict(batch_size=4, num_workers=0, persistent_workers=False)
+    path = folder / f"{name}.py"
+    path.write_text(
+        f"""_base_ = [{str(CONFIGS / "pretrain" / "cifar10_bin_r18_irnet_cmim.py")!r}]
+model = dict(backbone=dict(base_channels=8), cmim_lambda=0.0, cmim=None)
+train_dataloader = dict({loader!r}, dataset=dict(data_root={str(cifar)!r}))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = dict({loader!r}, dataset=dict(data_root={str(cifar)!r}, split="test"))
+train_cfg = dict(max_epochs={epochs}, val_interval=1000)
+param_scheduler = []
+default_hooks = dict(
+    logger=dict(interval=1),
+    checkpoint=dict(interval=1, max_keep_ckpts=1, save_best=None),
+)
+log_processor = dict(window_size=1)
+env_cfg = dict(dist_cfg=dict(backend="gloo"))
+visualizer = dict(name={name!r})
+{body}"""
+    )
+    return path
+
+
+def _one_error_line(stderr: str, *needles: str) -> str:
+    """The last stderr line is ``error: ...`` holding ``needles``, with no traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("error: "), stderr[-3000:]
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+# A driver that runs ``tools/train.py`` with a file size limit, set from the start or after a
+# given epoch's checkpoint: writes past the limit then fail with EFBIG, as on a full disk.
+_LIMITED_TRAIN = """
+import resource, runpy, signal, sys
+from mmengine.hooks import Hook
+from cmim_dense.registry import HOOKS
+
+limit, after_epoch = int(sys.argv[1]), int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a kill
+
+
+@HOOKS.register_module()
+class FileSizeLimitHook(Hook):
+    priority = "LOWEST"  # after the checkpoint hook
+
+    def after_train_epoch(self, runner):
+        if runner.epoch + 1 == after_epoch:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+
+if after_epoch == 0:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+main = runpy.run_path(sys.argv[3], run_name="train")["main"]
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _run_limited(tmp_path: Path, config: Path, work_dir: Path, after_epoch: int):
+    driver = tmp_path / "limited_train.py"
+    driver.write_text(_LIMITED_TRAIN)
+    cmd = [sys.executable, str(driver), str(64 * 1024), str(after_epoch), str(TOOLS / "train.py")]
+    cmd += [str(config), "--work-dir", str(work_dir)]
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("after_epoch", [0, 1], ids=["first_save", "later_save"])
+def test_full_disk_at_checkpoint_keeps_every_checkpoint(tmp_path, cifar, after_epoch):
+    hooks = "custom_hooks = [dict(type='FileSizeLimitHook')]\n"
+    config = _config(tmp_path, f"fsize{after_epoch}", cifar, body=hooks)
+    work_dir = tmp_path / "work"
+    proc = _run_limited(tmp_path, config, work_dir, after_epoch)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    failed = work_dir / f"epoch_{after_epoch + 1}.pth"
+    _one_error_line(proc.stderr, "could not write checkpoint", str(failed), "File too large")
+    kept = sorted(p.name for p in work_dir.glob("*.pth"))
+    assert kept == ([f"epoch_{after_epoch}.pth"] if after_epoch else [])
+    assert not list(work_dir.glob(".*.tmp"))  # no half-written file left behind
+    if not after_epoch:
+        return
+    assert (work_dir / "last_checkpoint").read_text() == str(work_dir / "epoch_1.pth")
+    # Resume from the kept checkpoint, without the limit: trains epochs 2 and 3.
+    resumed = _config(tmp_path, "fsize_resumed", cifar)
+    assert _tool_main("train")([str(resumed), "--work-dir", str(work_dir), "--resume"]) == 0
+    ckpt = torch.load(work_dir / "epoch_3.pth", map_location="cpu", weights_only=True)
+    assert ckpt["meta"]["epoch"] == 3
+    assert sorted(p.name for p in work_dir.glob("*.pth")) == ["epoch_3.pth"]  # pruned after
+
+
+def test_save_prunes_only_after_the_new_checkpoint_is_complete(tmp_path, cifar):
+    """In process: the oldest checkpoint still exists while the new one is written."""
+    from mmengine.hooks import Hook
+
+    from cmim_dense.registry import HOOKS
+
+    seen: list[list[str]] = []
+    work_dir = tmp_path / "work"
+
+    @HOOKS.register_module(force=True)
+    class WatchSaveHook(Hook):
+        def before_save_checkpoint(self, runner, checkpoint) -> None:
+            seen.append(sorted(p.name for p in work_dir.glob("*.pth")))
+
+    config = _config(tmp_path, "watch", cifar, body="custom_hooks=[dict(type='WatchSaveHook')]")
+    assert _tool_main("train")([str(config), "--work-dir", str(work_dir)]) == 0
+    assert seen == [[], ["epoch_1.pth"], ["epoch_2.pth"]]
+    assert sorted(p.name for p in work_dir.glob("*.pth")) == ["epoch_3.pth"]
