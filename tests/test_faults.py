@@ -151,3 +151,84 @@ def test_save_prunes_only_after_the_new_checkpoint_is_complete(tmp_path, cifar):
     assert _tool_main("train")([str(config), "--work-dir", str(work_dir)]) == 0
     assert seen == [[], ["epoch_1.pth"], ["epoch_2.pth"]]
     assert sorted(p.name for p in work_dir.glob("*.pth")) == ["epoch_3.pth"]
+
+
+# -- 2. finite or refused ----------------------------------------------------------------------
+
+
+def test_check_finite_names_the_first_bad_tensor_and_counts():
+    from cmim_dense.utils.checkpoint import NonFiniteWeightError, check_finite
+
+    bad = torch.tensor([1.0, float("nan"), float("inf"), float("-inf"), float("nan"), 2.0])
+    state = {"a": torch.ones(3), "steps": torch.tensor([7]), "b.weight": bad, "c": bad}
+    with pytest.raises(NonFiniteWeightError, match=r"^src: b.weight holds 2 NaN and 2 inf of 6"):
+        check_finite(state, "src")
+    check_finite(state, "src", allowed={"b.weight", "c"})  # markers, e.g. CMIMLoss.log_z
+
+
+def test_nonfinite_markers_are_declared_by_their_module():
+    from cmim_dense.losses.cmim import CMIMLoss
+    from cmim_dense.utils.checkpoint import nonfinite_ok_keys
+
+    model = torch.nn.Module()
+    model.cmim = CMIMLoss([8, 16], z_norm=True)
+    assert nonfinite_ok_keys(model) == {"cmim.log_z"}
+    assert torch.isnan(model.state_dict()["cmim.log_z"]).all()  # unmeasured: allowed
+
+
+REACT = (
+    "model = dict(backbone=dict(base_channels=8, binarizer='react'), cmim_lambda=0.0, cmim=None)"
+)
+
+
+@pytest.fixture(scope="module")
+def react_checkpoint(tmp_path_factory, cifar) -> tuple[Path, dict]:
+    """A tiny ReAct classifier config and the state dict of its (untrained) model."""
+    from cmim_dense.engine.config import build_model
+
+    root = tmp_path_factory.mktemp("react")
+    config = _config(root, "react", cifar, body=REACT)
+    state = build_model(str(config)).state_dict()
+    return config, state
+
+
+def _poisoned(folder: Path, state: dict, key: str, value: float) -> Path:
+    state = {k: v.clone() for k, v in state.items()}
+    state[key].view(-1)[0] = value
+    path = folder / "poisoned.pth"
+    torch.save(dict(state_dict=state), path)
+    return path
+
+
+def test_test_refuses_a_nan_binarizer_threshold(react_checkpoint, tmp_path, capsys):
+    config, state = react_checkpoint
+    (key,) = [k for k in state if k.endswith("threshold")][:1]
+    ckpt = _poisoned(tmp_path, state, key, float("nan"))
+    argv = [str(config), str(ckpt), "--work-dir", str(tmp_path / "eval")]
+    assert _tool_main("test")(argv) == 2
+    _one_error_line(capsys.readouterr().err, str(ckpt), key, "1 NaN and 0 inf")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_resume_refuses_an_infinite_weight(react_checkpoint, tmp_path, capsys):
+    config, state = react_checkpoint
+    key = next(k for k in state if k.endswith("conv.weight") or k.endswith("conv1.weight"))
+    ckpt = _poisoned(tmp_path, state, key, float("-inf"))
+    argv = [str(config), "--work-dir", str(tmp_path / "w"), "--resume", str(ckpt)]
+    assert _tool_main("train")(argv) == 2
+    _one_error_line(capsys.readouterr().err, key, "0 NaN and 1 inf")
+
+
+def test_transfer_refuses_a_nan_pretrained_backbone(react_checkpoint, tmp_path):
+    from cmim_dense.models.backbones.bin_resnet import BinaryResNet
+    from cmim_dense.utils.checkpoint import NonFiniteWeightError
+
+    _, state = react_checkpoint
+    key = next(k for k in state if k.startswith("backbone.") and "bn" in k and "running_var" in k)
+    ckpt = _poisoned(tmp_path, state, key, float("nan"))
+    arch = dict(depth=18, base_channels=8, stem="cifar", binarizer="react")
+    backbone = BinaryResNet(**arch, pretrained=str(ckpt))
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(NonFiniteWeightError, match=key.removeprefix("backbone.") + " holds 1 NaN"):
+        backbone.init_weights()
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())

@@ -14,7 +14,13 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from cmim_dense.engine.config import enable_amp, load_config
 from cmim_dense.engine.distributed import init_cpu_distributed
 from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, write_run_metrics
-from cmim_dense.utils.checkpoint import check_state_dict, load_state_dict_strict, read_state_dict
+from cmim_dense.utils.checkpoint import (
+    check_finite,
+    check_state_dict,
+    load_state_dict_strict,
+    nonfinite_ok_keys,
+    read_state_dict,
+)
 from cmim_dense.utils.errors import InputError
 
 
@@ -38,7 +44,7 @@ def train(
 
     ``resume``: None (start anew), ``'auto'`` (the latest checkpoint in the work dir, if any)
     or a checkpoint path. The checkpoint is read safely and checked key by key against the
-    model before training starts.
+    model, and for NaN/inf values, before training starts.
     """
     cfg = load_config(config, cfg_options, work_dir, launcher)
     enable_amp(cfg, amp)
@@ -53,7 +59,9 @@ def train(
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     if checkpoint:
-        check_state_dict(_model(runner).state_dict(), state, checkpoint, Path(config).stem)
+        model = _model(runner)
+        check_state_dict(model.state_dict(), state, checkpoint, Path(config).stem)
+        check_finite(state, checkpoint, nonfinite_ok_keys(model))
     runner.train()
     return runner
 
