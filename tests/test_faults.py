@@ -232,3 +232,135 @@ def test_transfer_refuses_a_nan_pretrained_backbone(react_checkpoint, tmp_path):
     with pytest.raises(NonFiniteWeightError, match=key.removeprefix("backbone.") + " holds 1 NaN"):
         backbone.init_weights()
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
+
+
+# -- 3. a test's outputs move as a unit -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory, synth_nyud_tree) -> dict:
+    """A tiny dense config (width-8 backbone, 16-channel heads, 60x80) and a checkpoint of its
+    untrained model."""
+    from cmim_dense.engine.config import build_model
+
+    root = tmp_path_factory.mktemp("dense")
+    head = dict(in_channels=64, channels=16, dilations=(1, 2), c1_in_channels=8, c1_channels=8)
+    loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
+    config = root / "dense.py"
+    config.write_text(
+        f"""_base_ = [{str(CONFIGS / "demo" / "nyud_synth.py")!r}]
+model = dict(
+    data_preprocessor=dict(size=(60, 80)),
+    backbone=dict(base_channels=8, pretrained=None),
+    backbone_backend="torch",
+    seg_head={head!r},
+    depth_head={head!r},
+)
+train_dataloader = dict({loader!r}, dataset=dict(data_root={str(synth_nyud_tree)!r}))
+test_dataloader = dict({loader!r}, dataset=dict(data_root={str(synth_nyud_tree)!r}))
+"""
+    )
+    ckpt = root / "model.pth"
+    torch.save(dict(state_dict=build_model(str(config)).state_dict()), ckpt)
+    return dict(config=config, ckpt=ckpt, root=root)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """The test's outputs in ``folder`` (not mmengine's per-run log folders)."""
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix not in (".py", ".log")]
+    files = [p for p in files if not p.relative_to(folder).parts[0][:1].isdigit()]
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
+
+
+def _partials(*folders: Path) -> list[str]:
+    return [p.name for f in folders if f.is_dir() for p in f.iterdir() if ".partial-" in p.name]
+
+
+def test_outputs_replace_the_old_ones_only_on_success(dense, tmp_path, capsys):
+    from cmim_dense.evaluation.report import read_run_metrics
+
+    test = _tool_main("test")
+    run_dir, show = tmp_path / "run", tmp_path / "pictures" / "show"
+    argv = [str(dense["config"]), str(dense["ckpt"]), "--work-dir", str(run_dir)]
+    argv += ["--show-dir", str(show)]
+    assert test(argv) == 0
+    record = read_run_metrics(run_dir)
+    assert record["test_set"]["split"] == "test" and record["test_set"]["frames"] == 7
+    assert len(record["test_set"]["sha256"]) == 64
+    assert record["run"]["backend"] == "torch" and "ir_sha256" in record["run"]
+    test_id = record["run"]["test_id"]
+    assert (run_dir / "predictions" / "TEST_ID").read_text().strip() == test_id
+    assert len(list(show.glob("*.png"))) == 7
+    # A stale file in the old predictions and pictures is gone after a re-test.
+    (run_dir / "predictions" / "stale.npz").write_bytes(b"old")
+    (show / "stale.png").write_bytes(b"old")
+    assert test(argv) == 0
+    assert (
+        not (run_dir / "predictions" / "stale.npz").exists() and not (show / "stale.png").exists()
+    )
+    assert read_run_metrics(run_dir)["run"]["test_id"] != test_id
+    capsys.readouterr()
+
+    # A refused test (NaN weights) and a test that fails half-way leave everything as it was.
+    before = _snapshot(run_dir), _snapshot(show)
+    state = torch.load(dense["ckpt"], weights_only=True)["state_dict"]
+    key = next(k for k in state if k.startswith("seg_head.") and k.endswith("weight"))
+    poisoned = _poisoned(tmp_path, state, key, float("nan"))
+    assert test([str(dense["config"]), str(poisoned), *argv[2:]]) == 2
+    _one_error_line(capsys.readouterr().err, key, "1 NaN")
+    failing = dense["root"] / "failing.py"
+    failing.write_text(
+        f"_base_ = [{str(dense['config'])!r}]\n"
+        "custom_hooks = [dict(type='FailAfterTestIterHook')]\n"
+    )
+    with pytest.raises(RuntimeError, match="test failed half-way"):
+        test([str(failing), *argv[1:]])
+    assert (_snapshot(run_dir), _snapshot(show)) == before
+    assert not _partials(run_dir, show.parent)
+
+
+def _register_failing_hook() -> None:
+    from mmengine.hooks import Hook
+
+    from cmim_dense.registry import HOOKS
+
+    @HOOKS.register_module(force=True)
+    class FailAfterTestIterHook(Hook):
+        priority = "LOWEST"  # after the predictions of the batch were written
+
+        def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            if batch_idx == 1:
+                raise RuntimeError("test failed half-way")
+
+
+_register_failing_hook()
+
+
+def test_show_dir_that_is_a_file_or_holds_other_files_exits_2(dense, tmp_path, capsys):
+    test = _tool_main("test")
+    base = [str(dense["config"]), str(dense["ckpt"]), "--work-dir", str(tmp_path / "run")]
+    (tmp_path / "file").write_text("x")
+    assert test([*base, "--show-dir", str(tmp_path / "file")]) == 2
+    _one_error_line(capsys.readouterr().err, str(tmp_path / "file"), "is a file")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert test([*base, "--show-dir", str(tmp_path / "mine")]) == 2
+    _one_error_line(capsys.readouterr().err, "notes.txt")
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_refuses_different_test_sets_unless_allowed(tmp_path, capsys):
+    from cmim_dense.evaluation.report import write_run_metrics
+
+    report = _tool_main("report")
+    metrics = {"mIoU": 30.0, "rmse": 0.7}
+    for name, frames in (("a", 654), ("b", 600)):
+        test_set = dict(split="test", frames=frames, sha256=f"{frames:064x}")
+        write_run_metrics(tmp_path / name, name, "c.py", "k.pth", {}, metrics, test_set=test_set)
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert report([*runs, "--out", str(tmp_path / "out")]) == 2
+    _one_error_line(capsys.readouterr().err, "different test sets", "test/654/", "test/600/")
+    assert not (tmp_path / "out").exists()
+    assert report([*runs, "--out", str(tmp_path / "out"), "--allow-mixed"]) == 0
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "Mixed test sets" in table and "a [test set test/654/" in table

@@ -1,6 +1,6 @@
 """Report evaluated runs: report.md, report.json, fig5.png and qualitative.png.
 
-cmim-dense report RUN_DIR [RUN_DIR ...] --out DIR [--num-images K]
+cmim-dense report RUN_DIR [RUN_DIR ...] --out DIR [--num-images K] [--allow-mixed]
 
 Each RUN_DIR needs the metrics.json written by ``test``; qualitative.png is drawn from the
 first RUN_DIR that has predictions/*.npz. Runs are labelled by their metrics.json name; runs
@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="test images in qualitative.png (default 4; 0: no qualitative.png)",
     )
+    parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="report runs tested on different test sets together, each marked with its set",
+    )
     return parser
 
 
@@ -43,7 +48,7 @@ def main(argv=None) -> int:
     def job() -> None:
         from cmim_dense.evaluation.report import build_report
 
-        written = build_report(args.run_dirs, args.out, args.num_images)
+        written = build_report(args.run_dirs, args.out, args.num_images, args.allow_mixed)
         for path in written.values():
             print(path)
 

@@ -7,13 +7,14 @@ import os.path as osp
 from pathlib import Path
 
 from mmengine.config import Config
-from mmengine.dist import is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint
 
 from cmim_dense.engine.config import enable_amp, load_config
 from cmim_dense.engine.distributed import init_cpu_distributed
-from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, write_run_metrics
+from cmim_dense.engine.prediction_dump import DensePredictionDumpHook
+from cmim_dense.engine.test_outputs import TestOutputs, check_show_dir, test_set_identity
+from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, run_record
 from cmim_dense.utils.checkpoint import (
     check_finite,
     check_state_dict,
@@ -101,43 +102,63 @@ def test(
 ) -> tuple[Runner, dict]:
     """Evaluate ``checkpoint`` on the config's test set and write ``<work_dir>/metrics.json``.
 
-    The checkpoint is loaded strictly: every model key present with its shape, no other key.
-    Dense models also save the first test images' predictions under
+    The checkpoint is loaded strictly: every model key present with its shape, no other key,
+    no NaN/inf. Dense models also save the first test images' predictions under
     ``<work_dir>/predictions/`` (for ``tools/report.py``) and, with ``show_dir``, a
-    picture per test image. Returns (runner, metrics).
+    picture per test image. Everything is staged and moved into place only when the test
+    succeeded (:mod:`cmim_dense.engine.test_outputs`); ``metrics.json`` records the test set's
+    identity and the backend. Returns (runner, metrics).
 
     Raises:
-        InputError: an unreadable or mismatched checkpoint, a bad config key.
+        InputError: an unreadable, mismatched or non-finite checkpoint, a bad config key, a
+            ``show_dir`` that is a file or holds other files than pictures.
         NonFiniteMetricError: a headline metric is NaN or infinite (nothing is written).
     """
     state = read_state_dict(checkpoint)
     cfg = load_config(config, cfg_options, work_dir, launcher)
     cfg.load_from = None  # loaded strictly below, not by mmengine's lenient load
-    if cfg.model.type == "MultiTaskDense":
-        hooks = list(cfg.get("custom_hooks", []))
-        hooks.append(dict(type="DensePredictionDumpHook", show_dir=show_dir))
-        cfg.custom_hooks = hooks
-    elif show_dir:
+    dense = cfg.model.type == "MultiTaskDense"
+    if show_dir and not dense:
         raise InputError("--show-dir draws dense predictions; this config is not a dense model")
+    if show_dir:
+        check_show_dir(show_dir)
+    if dense:
+        hooks = list(cfg.get("custom_hooks", []))
+        hooks.append(dict(type="DensePredictionDumpHook"))
+        cfg.custom_hooks = hooks
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     load_state_dict_strict(_model(runner), state, checkpoint, Path(config).stem)
-    metrics = runner.test()
-    bad = sorted(
-        k
-        for k, v in metrics.items()
-        if "." not in k and isinstance(v, float) and not math.isfinite(v)
-    )
-    if bad:
-        raise NonFiniteMetricError(
-            f"{checkpoint}: non-finite metrics {', '.join(bad)}; the model's outputs are not "
-            "usable (diverged training?), so no metrics.json was written"
+    outputs = TestOutputs(cfg.work_dir, show_dir)
+    for hook in runner.hooks:
+        if isinstance(hook, DensePredictionDumpHook):
+            hook.out_dir, hook.show_dir = outputs.predictions, outputs.show_path
+    try:
+        metrics = runner.test()
+        bad = sorted(
+            k
+            for k, v in metrics.items()
+            if "." not in k and isinstance(v, float) and not math.isfinite(v)
         )
-    if is_main_process():
+        if bad:
+            raise NonFiniteMetricError(
+                f"{checkpoint}: non-finite metrics {', '.join(bad)}; the model's outputs are "
+                "not usable (diverged training?), so the earlier results were kept"
+            )
         meta = run_meta(cfg)
-        if cfg.model.type != "MultiTaskDense":
+        if not dense:
             meta.update(pretrain_top1=metrics.get("top1"), pretrain_top5=metrics.get("top5"))
-        write_run_metrics(
-            cfg.work_dir, name or Path(config).stem, config, checkpoint, meta, metrics
-        )
+        record = run_record(
+            name or Path(config).stem, config, checkpoint, meta, metrics,
+            test_set=test_set_identity(runner.test_dataloader.dataset),
+            run=dict(
+                backend=cfg.model.get("backbone_backend", "torch") if dense else "torch",
+                precision="fp32",
+                ir_sha256=None,  # the OpenVINO backend's IR, filled where one is used
+            ),
+        )  # fmt: skip
+        outputs.commit(record)
+    except BaseException:
+        outputs.discard()
+        raise
     return runner, metrics
