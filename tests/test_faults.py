@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -364,3 +365,85 @@ def test_report_refuses_different_test_sets_unless_allowed(tmp_path, capsys):
     assert report([*runs, "--out", str(tmp_path / "out"), "--allow-mixed"]) == 0
     table = (tmp_path / "out" / "report.md").read_text()
     assert "Mixed test sets" in table and "a [test set test/654/" in table
+
+
+# -- 4. no shared output folders ---------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_make_synth_nyud_writes_only_into_empty_or_its_own_folder(tmp_path, capsys):
+    tool = _tool_main("make_synth_nyud")
+    args = ["--frames", "2", "--size", "16", "16", "--crop-size", "4", "--quiet"]
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    assert tool(["--out", str(user), *args]) == 2
+    _one_error_line(capsys.readouterr().err, str(user), "not empty")
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    out = tmp_path / "synth"
+    dead = tmp_path / f".synth.partial-{_dead_pid()}-abc123"
+    dead.mkdir()
+    assert tool(["--out", str(out), *args]) == 0
+    assert not dead.exists()
+    (out / "crops" / "train" / "extra.png").write_bytes(b"old")
+    assert tool(["--out", str(out), *args]) == 0  # its own stamped output is replaced
+    assert not (out / "crops" / "train" / "extra.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth", "user"]
+    (tmp_path / "file").write_text("x")
+    assert tool(["--out", str(tmp_path / "file"), *args]) == 2
+    _one_error_line(capsys.readouterr().err, "is a file")
+
+
+_HOLD_WORK_DIR = """
+import sys, time
+from cmim_dense.engine.work_dir import prepare_work_dir
+from cmim_dense.utils.io import StagedDir
+
+prepare_work_dir(sys.argv[1])
+StagedDir(sys.argv[1] + "/test")  # a staged output that its killer leaves behind
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_second_launch_in_a_work_dir_is_refused_until_the_holder_dies(tmp_path, cifar, capsys):
+    work_dir = tmp_path / "work"
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WORK_DIR, str(work_dir)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = _config(tmp_path, "second", cifar, epochs=1)
+        argv = [str(config), "--work-dir", str(work_dir)]
+        assert _tool_main("train")(argv) == 2
+        _one_error_line(capsys.readouterr().err, str(work_dir), f"pid {holder.pid}")
+        assert not list(work_dir.glob("*.pth"))
+        (staged,) = work_dir.glob(f".test.partial-{holder.pid}-*")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert _tool_main("train")(argv) == 0  # the kernel released the dead holder's lock
+    assert not staged.exists()  # its staged output was removed at this start, and logged
+    assert f"removed {staged}" in capsys.readouterr().out
+    assert (work_dir / "epoch_1.pth").is_file()
+
+
+def test_the_lock_is_reentrant_in_a_process(tmp_path):
+    from cmim_dense.engine.work_dir import prepare_work_dir
+
+    assert prepare_work_dir(tmp_path / "w") == prepare_work_dir(tmp_path / "w")
+
+
+def test_work_dir_that_is_a_file_exits_2(tmp_path, cifar, capsys):
+    (tmp_path / "w").write_text("x")
+    config = _config(tmp_path, "file_work_dir", cifar, epochs=1)
+    assert _tool_main("train")([str(config), "--work-dir", str(tmp_path / "w")]) == 2
+    _one_error_line(capsys.readouterr().err, str(tmp_path / "w"), "is a file")

@@ -14,6 +14,7 @@ from cmim_dense.engine.config import enable_amp, load_config
 from cmim_dense.engine.distributed import init_cpu_distributed
 from cmim_dense.engine.prediction_dump import DensePredictionDumpHook
 from cmim_dense.engine.test_outputs import TestOutputs, check_show_dir, test_set_identity
+from cmim_dense.engine.work_dir import prepare_work_dir
 from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, run_record
 from cmim_dense.utils.checkpoint import (
     check_finite,
@@ -48,6 +49,7 @@ def train(
     model, and for NaN/inf values, before training starts.
     """
     cfg = load_config(config, cfg_options, work_dir, launcher)
+    prepare_work_dir(cfg.work_dir)
     enable_amp(cfg, amp)
     checkpoint = None
     if resume == "auto":
@@ -122,6 +124,7 @@ def test(
         raise InputError("--show-dir draws dense predictions; this config is not a dense model")
     if show_dir:
         check_show_dir(show_dir)
+    prepare_work_dir(cfg.work_dir)
     if dense:
         hooks = list(cfg.get("custom_hooks", []))
         hooks.append(dict(type="DensePredictionDumpHook"))

@@ -18,10 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from mmengine.dist import broadcast_object_list, is_main_process
+from mmengine.logging import print_log
 
 from cmim_dense.evaluation.report import METRICS_FILE, PREDICTIONS_DIR, TEST_ID_FILE
 from cmim_dense.utils.errors import InputError
-from cmim_dense.utils.io import StagedDir, replace_dir, write_json_atomic, write_text_atomic
+from cmim_dense.utils.io import (
+    StagedDir,
+    remove_dead_partials,
+    replace_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def check_show_dir(show_dir: str | os.PathLike) -> Path:
@@ -85,8 +92,14 @@ class TestOutputs:
         pid, token = shared[0]
         self.test_id = f"{pid}-{token}"
         self.work_dir = Path(work_dir)
-        self.stage = StagedDir(self.work_dir / ".test", pid=pid, token=token)
-        self.show = StagedDir(show_dir, pid=pid, token=token) if show_dir else None
+        self.stage = StagedDir(self.work_dir / "test", pid=pid, token=token)  # never committed
+        self.show = None
+        if show_dir:
+            show_dir = Path(show_dir)
+            if is_main_process():
+                for removed in remove_dead_partials(show_dir.parent, show_dir.name):
+                    print_log(f"removed {removed}: staged pictures of a test that ended")
+            self.show = StagedDir(show_dir, pid=pid, token=token)
         self.predictions = self.stage.path / PREDICTIONS_DIR
         self.predictions.mkdir(mode=0o777, exist_ok=True)
 

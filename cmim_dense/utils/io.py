@@ -170,15 +170,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_partials(folder: str | os.PathLike) -> list[Path]:
+def remove_dead_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Delete the staged files and folders in ``folder`` whose writer (the pid in the name) is
-    gone (a killed run); returns what was removed. Those of live processes stay."""
+    gone (a killed run); returns what was removed. Those of live processes stay. ``name``:
+    only those staged for the target ``folder/name``."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
         match = _PARTIAL_NAME.match(entry.name)
+        if name is not None and not entry.name.startswith(f".{name}{PARTIAL}"):
+            continue
         if not match or _pid_alive(int(match.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
