@@ -447,3 +447,34 @@ def test_work_dir_that_is_a_file_exits_2(tmp_path, cifar, capsys):
     config = _config(tmp_path, "file_work_dir", cifar, epochs=1)
     assert _tool_main("train")([str(config), "--work-dir", str(tmp_path / "w")]) == 2
     _one_error_line(capsys.readouterr().err, str(tmp_path / "w"), "is a file")
+
+
+# -- 5. no no-op runs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1.5"])
+def test_a_schedule_of_no_epochs_is_refused(tmp_path, cifar, capsys, value):
+    config = _config(tmp_path, f"epochs{value}", cifar)
+    argv = [str(config), "--work-dir", str(tmp_path / "w")]
+    assert _tool_main("train")([*argv, "--cfg-options", f"train_cfg.max_epochs={value}"]) == 2
+    _one_error_line(capsys.readouterr().err, "train_cfg.max_epochs", value)
+    assert not (tmp_path / "w").exists()
+
+
+def test_resume_past_the_end_says_so_and_the_chain_still_tests(tmp_path, cifar, capsys):
+    from cmim_dense.evaluation.report import read_run_metrics
+    from cmim_dense.pipelines.chain import StageTimer, train_and_test
+
+    config = _config(tmp_path, "finished", cifar, epochs=1)
+    work_dir = tmp_path / "work"
+    assert _tool_main("train")([str(config), "--work-dir", str(work_dir)]) == 0
+    ckpt = work_dir / "epoch_1.pth"
+    stamp = ckpt.stat().st_mtime_ns
+    capsys.readouterr()
+    assert _tool_main("train")([str(config), "--work-dir", str(work_dir), "--resume"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"nothing to train: {ckpt} already finished the schedule (epoch 1 of 1)"
+    assert ckpt.stat().st_mtime_ns == stamp
+    # A chain killed between training and testing: it trains nothing, then tests.
+    record = train_and_test(config, work_dir, {}, "finished", StageTimer())
+    assert record == read_run_metrics(work_dir) and record["checkpoint"] == str(ckpt)

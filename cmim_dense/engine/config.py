@@ -182,6 +182,19 @@ def build_model(
     return model
 
 
+def check_schedule(cfg: Config) -> None:
+    """Refuse (:class:`InputError`) a training schedule that would train nothing: ``max_iters``
+    or ``max_epochs`` (and ``val_interval``) must be integers >= 1."""
+    train_cfg = cfg.get("train_cfg") or {}
+    keys = [k for k in ("max_iters", "max_epochs") if k in train_cfg]
+    if not keys:
+        raise InputError("train_cfg has neither max_iters nor max_epochs: nothing to train")
+    for key in (*keys, "val_interval"):
+        value = train_cfg.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"train_cfg.{key} must be an integer >= 1, got {value!r}")
+
+
 def enable_amp(cfg: Config, amp: str) -> None:
     """Switch the optimizer wrapper to mixed precision.
 

@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint
 
-from cmim_dense.engine.config import enable_amp, load_config
+from cmim_dense.engine.config import check_schedule, enable_amp, load_config
 from cmim_dense.engine.distributed import init_cpu_distributed
 from cmim_dense.engine.prediction_dump import DensePredictionDumpHook
 from cmim_dense.engine.test_outputs import TestOutputs, check_show_dir, test_set_identity
@@ -21,6 +21,7 @@ from cmim_dense.utils.checkpoint import (
     check_state_dict,
     load_state_dict_strict,
     nonfinite_ok_keys,
+    read_checkpoint_meta,
     read_state_dict,
 )
 from cmim_dense.utils.errors import InputError
@@ -41,14 +42,16 @@ def train(
     amp: str = "auto",
     cfg_options: dict | None = None,
     launcher: str = "none",
-) -> Runner:
-    """Train any config of the project; returns the finished Runner.
+) -> Runner | None:
+    """Train any config of the project; returns the finished Runner, or None when the resumed
+    checkpoint already finished the schedule (nothing is trained; one line says so).
 
     ``resume``: None (start anew), ``'auto'`` (the latest checkpoint in the work dir, if any)
     or a checkpoint path. The checkpoint is read safely and checked key by key against the
     model, and for NaN/inf values, before training starts.
     """
     cfg = load_config(config, cfg_options, work_dir, launcher)
+    check_schedule(cfg)
     prepare_work_dir(cfg.work_dir)
     enable_amp(cfg, amp)
     checkpoint = None
@@ -58,6 +61,10 @@ def train(
         checkpoint = resume
     if checkpoint:
         state = read_state_dict(checkpoint)
+        done = finished_schedule(cfg, read_checkpoint_meta(checkpoint))
+        if done:
+            print(f"nothing to train: {checkpoint} already finished the schedule ({done})")
+            return None
         cfg.resume, cfg.load_from = True, checkpoint
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
@@ -67,6 +74,16 @@ def train(
         check_finite(state, checkpoint, nonfinite_ok_keys(model))
     runner.train()
     return runner
+
+
+def finished_schedule(cfg: Config, meta: dict) -> str | None:
+    """``"iter 4 of 4"`` when a checkpoint's ``meta`` is at or past the end of ``cfg``'s
+    schedule, else None."""
+    train_cfg = cfg.get("train_cfg") or {}
+    for unit, key in (("iter", "max_iters"), ("epoch", "max_epochs")):
+        if key in train_cfg and isinstance(meta.get(unit), int) and meta[unit] >= train_cfg[key]:
+            return f"{unit} {meta[unit]} of {train_cfg[key]}"
+    return None
 
 
 def run_meta(cfg: Config) -> dict:

@@ -101,6 +101,21 @@ def read_state_dict(path: str | os.PathLike, prefix: str | None = None) -> dict[
     return dict(state)
 
 
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    """The ``meta`` dict of an mmengine checkpoint (``epoch``, ``iter``, ...), or ``{}``.
+
+    Memory-maps the file, so the tensors are not read. Raises :class:`CheckpointError` for a
+    file that is not a readable checkpoint.
+    """
+    path = os.fspath(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from err
+    meta = ckpt.get("meta") if isinstance(ckpt, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
 def _keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOWN_KEYS])
     return f"[{shown}{', ...' if len(keys) > _SHOWN_KEYS else ''}]"
