@@ -11,7 +11,11 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint
 
 from cmim_dense.engine.config import check_schedule, enable_amp, load_config
-from cmim_dense.engine.distributed import init_cpu_distributed
+from cmim_dense.engine.distributed import (
+    DEFAULT_TIMEOUT_S,
+    collective_faults,
+    init_cpu_distributed,
+)
 from cmim_dense.engine.prediction_dump import DensePredictionDumpHook
 from cmim_dense.engine.test_outputs import TestOutputs, check_show_dir, test_set_identity
 from cmim_dense.engine.work_dir import prepare_work_dir
@@ -72,7 +76,9 @@ def train(
         model = _model(runner)
         check_state_dict(model.state_dict(), state, checkpoint, Path(config).stem)
         check_finite(state, checkpoint, nonfinite_ok_keys(model))
-    runner.train()
+    timeout = cfg.get("env_cfg", {}).get("dist_cfg", {}).get("timeout", DEFAULT_TIMEOUT_S)
+    with collective_faults(timeout):
+        runner.train()
     return runner
 
 
