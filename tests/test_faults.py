@@ -478,3 +478,179 @@ def test_resume_past_the_end_says_so_and_the_chain_still_tests(tmp_path, cifar, 
     # A chain killed between training and testing: it trains nothing, then tests.
     record = train_and_test(config, work_dir, {}, "finished", StageTimer())
     assert record == read_run_metrics(work_dir) and record["checkpoint"] == str(ckpt)
+
+
+# -- 6. distributed faults ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_stops_the_others_within_the_timeout(tmp_path, cifar):
+    """Two gloo ranks of tools/train.py; rank 1 gets SIGSTOP while training. Rank 0 must exit
+    non-zero within the collective timeout (10 s here: the ranks' set-up must not drift
+    further apart on a loaded machine), naming rank 1 as stopped."""
+    import time
+
+    config = _config(tmp_path, "ddp", cifar, epochs=1000)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+        )  # fmt: skip
+        cmd = [sys.executable, str(TOOLS / "train.py"), str(config), "--launcher", "pytorch"]
+        cmd += ["--work-dir", str(tmp_path / "work"), "--cfg-options"]
+        cmd += ["env_cfg.dist_cfg.backend=gloo", "env_cfg.dist_cfg.timeout=10"]
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, **pipes))
+    rank0, rank1 = procs
+    try:
+        for line in rank0.stdout:  # rank 0 logs every iteration (interval 1)
+            if "Epoch(train)" in line and "[2]" in line:
+                break
+        rank1.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err = rank0.communicate(timeout=120)
+        waited = time.monotonic() - stopped
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert rank0.returncode == 2, err[-3000:]
+    _one_error_line(err, "rank 0:", "10 s", f"rank 1 (pid {rank1.pid}) is stopped")
+    assert waited < 10 + 30  # the timeout, plus the time to log and exit on a loaded machine
+
+
+# -- 7. one line and exit 2 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        ("train_dataloader.batch_size=abc", "give a number"),
+        ("train_dataloader.batch_size=two", "give a number"),
+        ("train_dataloader.batch_size=0", "integer >= 1"),
+        ("optim_wrapper.optimizer.lr=nan", "finite number"),
+        ("train_dataloader.num_workers=-1", "integer >= 0"),
+    ],
+)
+def test_malformed_cfg_options_exit_2(tmp_path, cifar, capsys, option, needle):
+    config = _config(tmp_path, "opts", cifar, epochs=1)
+    argv = [str(config), "--work-dir", str(tmp_path / "w"), "--cfg-options", option]
+    assert _tool_main("train")(argv) == 2
+    _one_error_line(capsys.readouterr().err, option.split("=")[0], needle)
+    assert not (tmp_path / "w").exists()
+
+
+def test_persistent_workers_without_workers_is_fixed_up():
+    from cmim_dense.engine.config import load_config
+
+    options = {"train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": True}
+    cfg = load_config("pretrain/cifar10_bin_r18_irnet_cmim", options)
+    assert cfg.train_dataloader.persistent_workers is False
+    assert cfg.val_dataloader.persistent_workers is True  # it has workers
+
+
+def test_resume_with_another_optimizer_exits_2(tmp_path, cifar, capsys):
+    """Trained with Adam, resumed with the config's SGD: mmengine's KeyError 'momentum'."""
+    adam = "optim_wrapper = dict(optimizer=dict(_delete_=True, type='Adam', lr=1e-3))"
+    work_dir = tmp_path / "work"
+    first = _config(tmp_path, "adam", cifar, epochs=1, body=adam)
+    assert _tool_main("train")([str(first), "--work-dir", str(work_dir)]) == 0
+    config = _config(tmp_path, "sgd", cifar, epochs=2)
+    argv = [str(config), "--work-dir", str(work_dir), "--resume"]
+    capsys.readouterr()
+    code = _tool_main("train")(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    _one_error_line(err, "epoch_1.pth", "not of the config's SGD", "momentum")
+
+
+def test_full_output_folder_exits_2_naming_the_file(tmp_path, capsys):
+    """A read-only or full output folder: the OSError is one line naming the file."""
+    from cmim_dense.cli.common import run_tool
+
+    def job() -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "x.png"))
+
+    assert run_tool(job) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'x.png'}: No space left on device\n"
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ("rm annotations/test/*first*", "is missing"),
+    ("rm depth/train/*first*", "is missing"),
+    ("touch annotations/train/readme.txt", "is not a *.png file"),
+])  # fmt: skip
+def test_missing_or_foreign_data_files_exit_2(
+    dense, synth_nyud_tree, tmp_path, capsys, change, needle
+):
+    import shutil
+
+    root = tmp_path / "nyud"
+    shutil.copytree(synth_nyud_tree, root)
+    verb, target = change.split(" ")
+    if "*first*" in target:
+        folder = root / target.removesuffix("/*first*")
+        target = str(sorted(folder.iterdir())[0].relative_to(root))
+    if verb == "rm":
+        (root / target).unlink()
+    else:
+        (root / target).write_text("x")
+    argv = [str(dense["config"]), str(dense["ckpt"]), "--work-dir", str(tmp_path / "w")]
+    argv += ["--cfg-options", f"test_dataloader.dataset.data_root={root}"]
+    if "train" in target:
+        argv = [str(dense["config"]), "--work-dir", str(tmp_path / "w"), "--cfg-options"]
+        argv += [f"train_dataloader.dataset.data_root={root}", "train_cfg.max_iters=1"]
+        assert _tool_main("train")(argv) == 2
+    else:
+        assert _tool_main("test")(argv) == 2
+    _one_error_line(capsys.readouterr().err, "NYUDv2Dataset", needle)
+
+
+def test_corrupt_crop_exits_2_naming_it(tmp_path, capsys):
+    from _data_writers import write_pattern_folder
+
+    write_pattern_folder(tmp_path / "crops", num_classes=2, per_class=dict(train=2, val=2))
+    bad = tmp_path / "crops" / "train" / "class_0" / "0.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    from cmim_dense.datasets.classification import ImageFolderClassification
+    from cmim_dense.utils.errors import InputError
+
+    data = ImageFolderClassification(tmp_path / "crops", "train", img_size=16)
+    with pytest.raises(InputError, match=f"{bad}: not a readable image"):
+        [data[i] for i in range(len(data))]
+
+
+def test_bad_grid_values_are_refused_before_anything_trains(tmp_path, cifar):
+    from cmim_dense.pipelines.sweep import SweepSpec, parse_grid, run_sweep
+    from cmim_dense.utils.errors import InputError
+
+    with pytest.raises(InputError, match="an empty value"):
+        parse_grid(["model.cmim_lambda=0,,0.5"])
+    config = _config(tmp_path, "grid", cifar, epochs=1)
+    grid = parse_grid(["train_dataloader.batch_size=4,abc"])
+    spec = SweepSpec(config=config, grid=grid, seeds=[0], work_dir=tmp_path / "sweep")
+    with pytest.raises(InputError, match=r"batch_size='abc'.*give a number"):
+        run_sweep(spec)
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("nproc", ["two", "0", "-1", ""])
+def test_dist_train_refuses_a_non_numeric_nproc(tmp_path, nproc):
+    proc = subprocess.run(
+        ["bash", str(TOOLS / "dist_train.sh"), "cfg.py", nproc],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: NPROC must be an integer >= 1, got '{nproc}'\n"

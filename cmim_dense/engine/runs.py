@@ -6,6 +6,7 @@ import math
 import os.path as osp
 from pathlib import Path
 
+import torch
 from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint
@@ -69,6 +70,7 @@ def train(
         if done:
             print(f"nothing to train: {checkpoint} already finished the schedule ({done})")
             return None
+        check_resumable_optimizer(cfg, read_checkpoint_meta(checkpoint, "optimizer"), checkpoint)
         cfg.resume, cfg.load_from = True, checkpoint
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
@@ -80,6 +82,26 @@ def train(
     with collective_faults(timeout):
         runner.train()
     return runner
+
+
+def check_resumable_optimizer(cfg: Config, saved: dict, checkpoint: str) -> None:
+    """Refuse (:class:`InputError`) to resume when the config's optimizer is not the one whose
+    state the checkpoint holds (its param groups lack the optimizer's settings, e.g. SGD's
+    ``momentum`` after Adam): mmengine would fail deep inside with a KeyError."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    optimizer = (cfg.get("optim_wrapper") or {}).get("optimizer")
+    if not groups or not isinstance(optimizer, dict):
+        return
+    from cmim_dense.registry import OPTIMIZERS
+
+    probe = OPTIMIZERS.build(dict(optimizer, params=[torch.zeros(1, requires_grad=True)]))
+    missing = sorted(set(probe.param_groups[0]) - set(groups[0]) - {"params"})
+    if missing:
+        raise InputError(
+            f"{checkpoint}: its optimizer state is not of the config's {optimizer.get('type')} "
+            f"(no {', '.join(missing)}); resume with the optimizer it was trained with, or "
+            "start anew with --cfg-options load_from=CHECKPOINT"
+        )
 
 
 def finished_schedule(cfg: Config, meta: dict) -> str | None:

@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cmim_dense.engine.config import parse_cfg_options
+from cmim_dense.engine.config import load_config, parse_cfg_options
 from cmim_dense.pipelines.chain import StageTimer, run_chain, train_and_test
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import (
@@ -58,6 +58,8 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
             raise InputError(f"--grid key {key} given twice")
         parsed = parse_cfg_options([f"{key}={values}"])[key]
         grid[key] = parsed if isinstance(parsed, list) else [parsed]
+        if any(v in ("", None) for v in grid[key]):
+            raise InputError(f"--grid {item!r}: an empty value; give KEY=V1,V2,...")
     return grid
 
 
@@ -126,6 +128,7 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
     if spec.chain and spec.roots is None:
         raise InputError("a chain sweep needs the data roots")
     timer = timer or StageTimer()
+    _check_settings(spec)
     records = []
     for pre, tr, seed in spec.runs():
         records.append(_run_one(spec, pre, tr, seed, timer))
@@ -134,6 +137,15 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
     result["stages"] = timer.stages
     write_outputs(result, spec.work_dir)
     return result
+
+
+def _check_settings(spec: SweepSpec) -> None:
+    """Load the config of every run before the first one trains, so that a bad value of the
+    grid (``abc`` for a number, an unknown key) stops the sweep at once, not hours later."""
+    for pre, tr, seed in spec.runs():
+        load_config(spec.config, {**spec.cfg_options, **pre, "randomness.seed": seed})
+        if spec.chain:
+            load_config(spec.transfer_config, {**spec.transfer_options, **tr})
 
 
 RUN_STAMP = "sweep_run.json"

@@ -101,8 +101,9 @@ def read_state_dict(path: str | os.PathLike, prefix: str | None = None) -> dict[
     return dict(state)
 
 
-def read_checkpoint_meta(path: str | os.PathLike) -> dict:
-    """The ``meta`` dict of an mmengine checkpoint (``epoch``, ``iter``, ...), or ``{}``.
+def read_checkpoint_meta(path: str | os.PathLike, part: str = "meta") -> dict:
+    """A dict of an mmengine checkpoint: its ``meta`` (``epoch``, ``iter``, ...) or another
+    ``part`` (``optimizer``); ``{}`` when absent.
 
     Memory-maps the file, so the tensors are not read. Raises :class:`CheckpointError` for a
     file that is not a readable checkpoint.
@@ -112,7 +113,7 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from err
-    meta = ckpt.get("meta") if isinstance(ckpt, Mapping) else None
+    meta = ckpt.get(part) if isinstance(ckpt, Mapping) else None
     return dict(meta) if isinstance(meta, Mapping) else {}
 
 
