@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,14 @@ class TestOutputs:
         record = dict(record, run=dict(record.get("run") or {}, test_id=self.test_id))
         if not is_main_process():
             return self.work_dir / METRICS_FILE
-        write_text_atomic(self.predictions / TEST_ID_FILE, self.test_id + "\n")
         staged_metrics = write_json_atomic(self.stage.path / METRICS_FILE, record)
-        replace_dir(self.predictions, self.work_dir / PREDICTIONS_DIR)
+        predictions = self.work_dir / PREDICTIONS_DIR
+        if any(self.predictions.iterdir()):
+            write_text_atomic(self.predictions / TEST_ID_FILE, self.test_id + "\n")
+            replace_dir(self.predictions, predictions)
+        elif predictions.is_dir():  # this test saves none: the old ones would be stale
+            replace_dir(self.predictions, predictions)
+            shutil.rmtree(predictions)
         os.replace(staged_metrics, self.work_dir / METRICS_FILE)
         self.stage.discard()
         if self.show:
