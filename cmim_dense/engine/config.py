@@ -116,10 +116,7 @@ def load_config(
     """
     cfg = Config.fromfile(resolve_config(config))
     if cfg_options:
-        originals = {key: _lookup(cfg, key) for key in cfg_options}
-        cfg.merge_from_dict(cfg_options)
-        for key, value in cfg_options.items():
-            check_option_value(key, value, originals[key])
+        _merge_checked(cfg, cfg_options)
     check_config_keys(cfg)
     _fix_worker_options(cfg)
     _save_before_pruning(cfg)
@@ -173,6 +170,14 @@ def check_option_value(key: str, value, original=_MISSING) -> None:
             raise InputError(f"{shown}: must be an integer >= {low}")
 
 
+def _merge_checked(cfg: Config, cfg_options: dict) -> None:
+    """``cfg.merge_from_dict(cfg_options)``, each value checked against the one it replaces."""
+    originals = {key: _lookup(cfg, key) for key in cfg_options}
+    cfg.merge_from_dict(cfg_options)
+    for key, value in cfg_options.items():
+        check_option_value(key, value, originals[key])
+
+
 def _fix_worker_options(cfg: Config) -> None:
     """``persistent_workers`` needs loader workers: off where ``num_workers`` is 0 (torch's
     DataLoader refuses the pair with a ValueError)."""
@@ -219,7 +224,7 @@ def build_model(
         cfg = config
         if cfg_options:  # on a copy: the caller's config stays as it was
             cfg = copy.deepcopy(config)
-            cfg.merge_from_dict(cfg_options)
+            _merge_checked(cfg, cfg_options)
             check_config_keys(cfg)
     else:
         cfg = load_config(config, cfg_options)
