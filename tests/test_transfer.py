@@ -478,15 +478,37 @@ def test_bad_checkpoints_are_refused_by_test_and_resume(
         assert not touched.exists()
 
 
+@HOOKS.register_module(force=True)
+class PoisonDepthHeadHook(Hook):
+    """Sets the depth head's bias to NaN once the checkpoint is loaded (a checkpoint holding
+    NaN is refused before the test runs): the outputs, and the depth metrics, become NaN."""
+
+    def before_test(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        with torch.no_grad():
+            model.depth_head.conv_seg.bias.fill_(float("nan"))
+
+
 def test_nan_metrics_are_an_error_not_a_result(transfer, frozen_run, tmp_path, capsys):
+    ckpt = str(frozen_run["work_dir"] / f"iter_{MAX_ITERS}.pth")
+    config = _run_config(
+        tmp_path, "nan", transfer["base"], _with_hooks(dict(type="PoisonDepthHeadHook"))
+    )
+    run_dir = tmp_path / "eval"
+    line = _tool_error(capsys, "test", [str(config), ckpt, "--work-dir", str(run_dir)])
+    assert "non-finite metrics" in line and "rmse" in line
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_nan_weights_are_refused_naming_the_tensor(transfer, frozen_run, tmp_path, capsys):
     state = _load_checkpoint(str(frozen_run["work_dir"] / f"iter_{MAX_ITERS}.pth"))["state_dict"]
     state["depth_head.conv_seg.bias"].fill_(float("nan"))
     ckpt = tmp_path / "nan.pth"
     torch.save(dict(state_dict=state), ckpt)
-    config = _run_config(tmp_path, "nan", transfer["base"])
+    config = _run_config(tmp_path, "nan_weights", transfer["base"])
     run_dir = tmp_path / "eval"
     line = _tool_error(capsys, "test", [str(config), str(ckpt), "--work-dir", str(run_dir)])
-    assert "non-finite metrics" in line and "rmse" in line
+    assert "depth_head.conv_seg.bias holds 1 NaN" in line
     assert not (run_dir / "metrics.json").exists()
 
 

@@ -1,8 +1,9 @@
 """The contract every command-line tool follows.
 
 - :func:`run_tool` runs a tool's job: :class:`~cmim_dense.utils.errors.InputError` becomes one
-  ``error: ...`` line and exit 2, Ctrl-C one line and exit 130; anything else is a bug and
-  keeps its traceback.
+  ``error: ...`` line and exit 2, as does an ``OSError`` of the storage or permissions (a full
+  disk, a read-only folder: it names the file); Ctrl-C one line and exit 130; anything else
+  is a bug and keeps its traceback.
 - :func:`parse_args` parses before anything heavy is imported, then turns ``--cfg-options``
   into a dict with mmengine's own parser.
 - :class:`ToolParser` reports a bad argument in one ``error:`` line, exit 2.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 
@@ -95,12 +97,35 @@ def height_width(low: int = 2) -> Callable[[str], int]:
     return int_at_least(low)
 
 
+# Failures of the machine's storage or permissions, not of the program: one line, exit 2.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+}  # fmt: skip
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error re-raised from a DataLoader worker carries
+    the worker's traceback: its last line is the original ``Type: message``."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
 def run_tool(job: Callable[[], int | None]) -> int:
     """Run a tool's job and return its exit code (see the module doc)."""
     try:
         return job() or 0
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = err.filename or "an output file"
+        print(f"error: {where}: {err.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Report evaluated runs: report.md, report.json, fig5.png and qualitative.png.
 
-cmim-dense report RUN_DIR [RUN_DIR ...] --out DIR [--num-images K]
+cmim-dense report RUN_DIR [RUN_DIR ...] --out DIR [--num-images K] [--allow-mixed]
 cmim-dense report --sweep SWEEP_DIR [SWEEP_DIR ...] --out DIR
 
 --sweep draws the paper's Fig. 5 across binarizers from demo-chain sweeps (``sweep --demo``
@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="test images in qualitative.png, each in a row per run (default 4; 0: none)",
     )
+    parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="report runs tested on different test sets together, each marked with its set",
+    )
     return parser
 
 
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
         if args.sweep:
             written = write_fig5(args.sweep, args.out)
         else:
-            written = build_report(args.run_dirs, args.out, args.num_images)
+            written = build_report(args.run_dirs, args.out, args.num_images, args.allow_mixed)
         for path in written.values():
             print(path)
 

@@ -121,8 +121,11 @@ class ImageFolderClassification(_ClassificationBase):
 
     def __getitem__(self, index: int) -> dict:
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            image = img.convert("RGB")
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except (OSError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated files
+            raise InputError(f"{path}: not a readable image ({err})") from err
         return dict(inputs=self.transform(image), label=label, index=index)
 
 

@@ -14,6 +14,7 @@ Each sample gets ``img_path``, ``seg_map_path`` and ``depth_map_path``, so mmseg
 
 from __future__ import annotations
 
+import os
 import os.path as osp
 
 from mmengine import fileio
@@ -82,7 +83,34 @@ class NYUDv2Dataset(BaseSegDataset):
             for info in data_list:
                 stem = osp.relpath(info["img_path"], img_dir)[: -len(self.img_suffix)]
                 info["depth_map_path"] = osp.join(depth_dir, stem + self.depth_map_suffix)
+        self._check_files(data_list)
         return data_list
+
+    def _check_files(self, data_list: list[dict]) -> None:
+        """Raise InputError naming the first frame without its label or depth file, or a file
+        of another format in a data folder (local folders only)."""
+        suffixes = dict(
+            img_path=self.img_suffix,
+            seg_map_path=self.seg_map_suffix,
+            depth_map_path=self.depth_map_suffix,
+        )
+        for key, suffix in suffixes.items():
+            folder = self.data_prefix.get(key)
+            if not folder or not osp.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                if not name.startswith(".") and not name.endswith(suffix):
+                    raise InputError(
+                        f"{type(self).__name__}: {osp.join(folder, name)} is not a *{suffix} "
+                        "file; the data folders hold only the prepared frames"
+                    )
+            for info in data_list:
+                path = info.get(key)
+                if path and not osp.isfile(path):
+                    raise InputError(
+                        f"{type(self).__name__}: {path} is missing (the {key.split('_')[0]} "
+                        f"of {osp.basename(info['img_path'])})"
+                    )
 
 
 @DATASETS.register_module()

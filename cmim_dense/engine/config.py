@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import math
 import os
 import os.path as osp
 from collections.abc import Sequence
@@ -115,14 +116,85 @@ def load_config(
     """
     cfg = Config.fromfile(resolve_config(config))
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        _merge_checked(cfg, cfg_options)
     check_config_keys(cfg)
+    _fix_worker_options(cfg)
+    _save_before_pruning(cfg)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", Path(config).stem)
     return cfg
+
+
+_MISSING = object()
+# Option names (the last part of a key) that count things: integers >= the given minimum.
+_COUNTS = {
+    "batch_size": 1, "max_iters": 1, "max_epochs": 1, "val_interval": 1, "interval": 1,
+    "num_workers": 0, "max_keep_ckpts": -1, "num_classes": 1,
+}  # fmt: skip
+
+
+def _lookup(cfg, dotted: str):
+    """The value at ``a.b.0.c`` in a config, or a sentinel when the path does not exist."""
+    first, *rest = dotted.split(".")
+    node = cfg.get(first, _MISSING)
+    for part in rest:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list | tuple) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_option_value(key: str, value, original=_MISSING) -> None:
+    """Refuse (:class:`InputError`, one line) a ``--cfg-options`` value that cannot be meant:
+    a word or an empty value where the config has a number (``abc``, ``two``, ``''``), a NaN
+    or infinity, a non-integer or too small count (``batch_size=0``, ``num_workers=-1``)."""
+    name = key.rsplit(".", 1)[-1]
+    shown = f"--cfg-options {key}={value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{shown}: must be a finite number")
+    if _is_number(original) and value is not None and not _is_number(value):
+        raise InputError(f"{shown}: the config has a number here ({original!r}); give a number")
+    if name in _COUNTS and (value is not None or original is not None):
+        low = _COUNTS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"{shown}: must be an integer >= {low}")
+
+
+def _merge_checked(cfg: Config, cfg_options: dict) -> None:
+    """``cfg.merge_from_dict(cfg_options)``, each value checked against the one it replaces."""
+    originals = {key: _lookup(cfg, key) for key in cfg_options}
+    cfg.merge_from_dict(cfg_options)
+    for key, value in cfg_options.items():
+        check_option_value(key, value, originals[key])
+
+
+def _fix_worker_options(cfg: Config) -> None:
+    """``persistent_workers`` needs loader workers: off where ``num_workers`` is 0 (torch's
+    DataLoader refuses the pair with a ValueError)."""
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg.get(key)
+        if not isinstance(loader, dict):
+            continue
+        if loader.get("num_workers", 0) == 0 and loader.get("persistent_workers"):
+            loader["persistent_workers"] = False
+
+
+def _save_before_pruning(cfg: Config) -> None:
+    """Use :class:`~cmim_dense.engine.checkpoint_hook.SafeCheckpointHook` for a config that
+    names mmengine's ``CheckpointHook``, which deletes old checkpoints before saving."""
+    hook = (cfg.get("default_hooks") or {}).get("checkpoint")
+    if isinstance(hook, dict) and hook.get("type") in ("CheckpointHook", "mmengine.CheckpointHook"):
+        hook["type"] = "SafeCheckpointHook"
 
 
 def build_model(
@@ -152,7 +224,7 @@ def build_model(
         cfg = config
         if cfg_options:  # on a copy: the caller's config stays as it was
             cfg = copy.deepcopy(config)
-            cfg.merge_from_dict(cfg_options)
+            _merge_checked(cfg, cfg_options)
             check_config_keys(cfg)
     else:
         cfg = load_config(config, cfg_options)
@@ -171,6 +243,19 @@ def build_model(
         finally:
             logger.setLevel(level)
     return model
+
+
+def check_schedule(cfg: Config) -> None:
+    """Refuse (:class:`InputError`) a training schedule that would train nothing: ``max_iters``
+    or ``max_epochs`` (and ``val_interval``) must be integers >= 1."""
+    train_cfg = cfg.get("train_cfg") or {}
+    keys = [k for k in ("max_iters", "max_epochs") if k in train_cfg]
+    if not keys:
+        raise InputError("train_cfg has neither max_iters nor max_epochs: nothing to train")
+    for key in (*keys, "val_interval"):
+        value = train_cfg.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"train_cfg.{key} must be an integer >= 1, got {value!r}")
 
 
 def enable_amp(cfg: Config, amp: str) -> None:

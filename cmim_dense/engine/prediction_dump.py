@@ -18,10 +18,12 @@ class DensePredictionDumpHook(Hook):
     """After each test batch, saves each image's ground truth and predictions.
 
     Args:
-        num_npz: how many images (first in test order) get ``<work_dir>/predictions/<name>.npz``
+        num_npz: how many images (first in test order) get ``<out_dir>/<name>.npz``
             (the arrays ``tools/report.py`` draws its qualitative grid from).
         show_dir: if set, every test image gets ``<show_dir>/<name>.png``:
             RGB | GT seg | pred seg | GT depth | pred depth.
+        out_dir: where the npz files go; default ``<work_dir>/predictions``. ``tools/test.py``
+            points both folders at its staged outputs (:mod:`cmim_dense.engine.test_outputs`).
 
     The RGB is read again from ``img_path`` at its original size, which is the size
     predictions are returned at.
@@ -29,9 +31,10 @@ class DensePredictionDumpHook(Hook):
 
     priority = "LOW"
 
-    def __init__(self, num_npz: int = 8, show_dir: str | None = None):
+    def __init__(self, num_npz: int = 8, show_dir: str | None = None, out_dir: str | None = None):
         self.num_npz = num_npz
         self.show_dir = show_dir
+        self.out_dir = out_dir
         self._count = 0
 
     def before_test(self, runner) -> None:
@@ -46,7 +49,8 @@ class DensePredictionDumpHook(Hook):
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             arrays = arrays_from_sample(sample)
             if self._count < self.num_npz:
-                path = Path(runner.work_dir) / "predictions" / f"{name}.npz"
+                out_dir = self.out_dir or Path(runner.work_dir) / "predictions"
+                path = Path(out_dir) / f"{name}.npz"
                 save_predictions_npz(path, rgb, name=name, **arrays)
             if self.show_dir:
                 panel = cv2.cvtColor(sample_panel(rgb, **arrays), cv2.COLOR_RGB2BGR)

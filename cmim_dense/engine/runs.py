@@ -6,15 +6,29 @@ import math
 import os.path as osp
 from pathlib import Path
 
+import torch
 from mmengine.config import Config
-from mmengine.dist import is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint
 
-from cmim_dense.engine.config import enable_amp, load_config
-from cmim_dense.engine.distributed import init_cpu_distributed
-from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, write_run_metrics
-from cmim_dense.utils.checkpoint import check_state_dict, load_state_dict_strict, read_state_dict
+from cmim_dense.engine.config import check_schedule, enable_amp, load_config
+from cmim_dense.engine.distributed import (
+    DEFAULT_TIMEOUT_S,
+    collective_faults,
+    init_cpu_distributed,
+)
+from cmim_dense.engine.prediction_dump import DensePredictionDumpHook
+from cmim_dense.engine.test_outputs import TestOutputs, check_show_dir, test_set_identity
+from cmim_dense.engine.work_dir import prepare_work_dir
+from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics, run_record
+from cmim_dense.utils.checkpoint import (
+    check_finite,
+    check_state_dict,
+    load_state_dict_strict,
+    nonfinite_ok_keys,
+    read_checkpoint_meta,
+    read_state_dict,
+)
 from cmim_dense.utils.errors import InputError
 
 
@@ -33,14 +47,17 @@ def train(
     amp: str = "auto",
     cfg_options: dict | None = None,
     launcher: str = "none",
-) -> Runner:
-    """Train any config of the project; returns the finished Runner.
+) -> Runner | None:
+    """Train any config of the project; returns the finished Runner, or None when the resumed
+    checkpoint already finished the schedule (nothing is trained; one line says so).
 
     ``resume``: None (start anew), ``'auto'`` (the latest checkpoint in the work dir, if any)
     or a checkpoint path. The checkpoint is read safely and checked key by key against the
-    model before training starts.
+    model, and for NaN/inf values, before training starts.
     """
     cfg = load_config(config, cfg_options, work_dir, launcher)
+    check_schedule(cfg)
+    prepare_work_dir(cfg.work_dir)
     enable_amp(cfg, amp)
     checkpoint = None
     if resume == "auto":
@@ -49,13 +66,52 @@ def train(
         checkpoint = resume
     if checkpoint:
         state = read_state_dict(checkpoint)
+        done = finished_schedule(cfg, read_checkpoint_meta(checkpoint))
+        if done:
+            print(f"nothing to train: {checkpoint} already finished the schedule ({done})")
+            return None
+        check_resumable_optimizer(cfg, read_checkpoint_meta(checkpoint, "optimizer"), checkpoint)
         cfg.resume, cfg.load_from = True, checkpoint
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     if checkpoint:
-        check_state_dict(_model(runner).state_dict(), state, checkpoint, Path(config).stem)
-    runner.train()
+        model = _model(runner)
+        check_state_dict(model.state_dict(), state, checkpoint, Path(config).stem)
+        check_finite(state, checkpoint, nonfinite_ok_keys(model))
+    timeout = cfg.get("env_cfg", {}).get("dist_cfg", {}).get("timeout", DEFAULT_TIMEOUT_S)
+    with collective_faults(timeout):
+        runner.train()
     return runner
+
+
+def check_resumable_optimizer(cfg: Config, saved: dict, checkpoint: str) -> None:
+    """Refuse (:class:`InputError`) to resume when the config's optimizer is not the one whose
+    state the checkpoint holds (its param groups lack the optimizer's settings, e.g. SGD's
+    ``momentum`` after Adam): mmengine would fail deep inside with a KeyError."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    optimizer = (cfg.get("optim_wrapper") or {}).get("optimizer")
+    if not groups or not isinstance(optimizer, dict):
+        return
+    from cmim_dense.registry import OPTIMIZERS
+
+    probe = OPTIMIZERS.build(dict(optimizer, params=[torch.zeros(1, requires_grad=True)]))
+    missing = sorted(set(probe.param_groups[0]) - set(groups[0]) - {"params"})
+    if missing:
+        raise InputError(
+            f"{checkpoint}: its optimizer state is not of the config's {optimizer.get('type')} "
+            f"(no {', '.join(missing)}); resume with the optimizer it was trained with, or "
+            "start anew with --cfg-options load_from=CHECKPOINT"
+        )
+
+
+def finished_schedule(cfg: Config, meta: dict) -> str | None:
+    """``"iter 4 of 4"`` when a checkpoint's ``meta`` is at or past the end of ``cfg``'s
+    schedule, else None."""
+    train_cfg = cfg.get("train_cfg") or {}
+    for unit, key in (("iter", "max_iters"), ("epoch", "max_epochs")):
+        if key in train_cfg and isinstance(meta.get(unit), int) and meta[unit] >= train_cfg[key]:
+            return f"{unit} {meta[unit]} of {train_cfg[key]}"
+    return None
 
 
 def run_meta(cfg: Config) -> dict:
@@ -93,43 +149,64 @@ def test(
 ) -> tuple[Runner, dict]:
     """Evaluate ``checkpoint`` on the config's test set and write ``<work_dir>/metrics.json``.
 
-    The checkpoint is loaded strictly: every model key present with its shape, no other key.
-    Dense models also save the first test images' predictions under
+    The checkpoint is loaded strictly: every model key present with its shape, no other key,
+    no NaN/inf. Dense models also save the first test images' predictions under
     ``<work_dir>/predictions/`` (for ``tools/report.py``) and, with ``show_dir``, a
-    picture per test image. Returns (runner, metrics).
+    picture per test image. Everything is staged and moved into place only when the test
+    succeeded (:mod:`cmim_dense.engine.test_outputs`); ``metrics.json`` records the test set's
+    identity and the backend. Returns (runner, metrics).
 
     Raises:
-        InputError: an unreadable or mismatched checkpoint, a bad config key.
+        InputError: an unreadable, mismatched or non-finite checkpoint, a bad config key, a
+            ``show_dir`` that is a file or holds other files than pictures.
         NonFiniteMetricError: a headline metric is NaN or infinite (nothing is written).
     """
     state = read_state_dict(checkpoint)
     cfg = load_config(config, cfg_options, work_dir, launcher)
     cfg.load_from = None  # loaded strictly below, not by mmengine's lenient load
-    if cfg.model.type == "MultiTaskDense":
-        hooks = list(cfg.get("custom_hooks", []))
-        hooks.append(dict(type="DensePredictionDumpHook", show_dir=show_dir))
-        cfg.custom_hooks = hooks
-    elif show_dir:
+    dense = cfg.model.type == "MultiTaskDense"
+    if show_dir and not dense:
         raise InputError("--show-dir draws dense predictions; this config is not a dense model")
+    if show_dir:
+        check_show_dir(show_dir)
+    prepare_work_dir(cfg.work_dir)
+    if dense:
+        hooks = list(cfg.get("custom_hooks", []))
+        hooks.append(dict(type="DensePredictionDumpHook"))
+        cfg.custom_hooks = hooks
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     load_state_dict_strict(_model(runner), state, checkpoint, Path(config).stem)
-    metrics = runner.test()
-    bad = sorted(
-        k
-        for k, v in metrics.items()
-        if "." not in k and isinstance(v, float) and not math.isfinite(v)
-    )
-    if bad:
-        raise NonFiniteMetricError(
-            f"{checkpoint}: non-finite metrics {', '.join(bad)}; the model's outputs are not "
-            "usable (diverged training?), so no metrics.json was written"
+    outputs = TestOutputs(cfg.work_dir, show_dir)
+    for hook in runner.hooks:
+        if isinstance(hook, DensePredictionDumpHook):
+            hook.out_dir, hook.show_dir = outputs.predictions, outputs.show_path
+    try:
+        metrics = runner.test()
+        bad = sorted(
+            k
+            for k, v in metrics.items()
+            if "." not in k and isinstance(v, float) and not math.isfinite(v)
         )
-    if is_main_process():
+        if bad:
+            raise NonFiniteMetricError(
+                f"{checkpoint}: non-finite metrics {', '.join(bad)}; the model's outputs are "
+                "not usable (diverged training?), so the earlier results were kept"
+            )
         meta = run_meta(cfg)
-        if cfg.model.type != "MultiTaskDense":
+        if not dense:
             meta.update(pretrain_top1=metrics.get("top1"), pretrain_top5=metrics.get("top5"))
-        write_run_metrics(
-            cfg.work_dir, name or Path(config).stem, config, checkpoint, meta, metrics
-        )
+        record = run_record(
+            name or Path(config).stem, config, checkpoint, meta, metrics,
+            test_set=test_set_identity(runner.test_dataloader.dataset),
+            run=dict(
+                backend=cfg.model.get("backbone_backend", "torch") if dense else "torch",
+                precision="fp32",
+                ir_sha256=None,  # the OpenVINO backend's IR, filled where one is used
+            ),
+        )  # fmt: skip
+        outputs.commit(record)
+    except BaseException:
+        outputs.discard()
+        raise
     return runner, metrics

@@ -19,6 +19,16 @@ Each run directory holds a ``metrics.json`` written by ``tools/test.py`` through
       "metrics": {                         # DenseMetric output; a single-task run has
         "mIoU": 30.2, "mAcc": 41.0, "aAcc": 61.5, "IoU.wall": 62.0, ...,   # only one part
         "rmse": 0.71, "neg_log_rmse": 0.342, "abs_rel": 0.21, "delta1": 66.0, ...
+      },
+      "test_set": {                        # what was tested (absent in older files)
+        "split": "test", "frames": 654,    # split name, number of frames
+        "sha256": "..."                    # hash of the ordered file list (relative paths)
+      },
+      "run": {                             # how it was tested (absent in older files)
+        "backend": "torch",                # the backbone's backend: torch or openvino
+        "precision": "fp32",
+        "ir_sha256": null,                 # hash of the OpenVINO IR, where one was used
+        "test_id": "1234-9f3e..."          # also in predictions/TEST_ID: the same test wrote both
       }
     }
 
@@ -31,6 +41,10 @@ that is not an object (or null), a ``metrics`` value that is not a finite number
 ``rmse`` that is not > 0, a non-numeric ``cmim_lambda`` / ``pretrain_top1`` / ``pretrain_top5``
 and a non-string ``binarizer``. A null value (NaN when written) is shown as missing (``-``,
 ``null``), never as a number.
+
+Runs tested on different test sets (``test_set``) are refused unless ``allow_mixed``, which
+marks each label with its test set; runs whose ``predictions/TEST_ID`` differs from their
+``run.test_id`` are refused.
 
 Run labels: a run is labelled by its ``name`` in the table, ``report.json`` (``label``; ``name``
 stays as in metrics.json) and Fig. 5. Runs that share a name are labelled
@@ -59,6 +73,7 @@ from cmim_dense.utils.io import save_figure_atomic, write_json_atomic, write_tex
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_DIR = "predictions"
+TEST_ID_FILE = "TEST_ID"  # in predictions/: the run.test_id of the test that wrote them
 META_KEYS = ("binarizer", "cmim_lambda", "pretrain_top1", "pretrain_top5")
 NUMERIC_META_KEYS = META_KEYS[1:]
 
@@ -87,15 +102,16 @@ class RunDirError(InputError):
     ``predictions/*.npz``)."""
 
 
-def write_run_metrics(
-    run_dir: str | os.PathLike,
+def run_record(
     name: str,
     config: str,
     checkpoint: str,
     meta: dict[str, Any],
     metrics: dict[str, float],
-) -> Path:
-    """Write ``run_dir/metrics.json`` atomically in the format of the module docstring.
+    test_set: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of ``metrics.json`` (format in the module docstring).
 
     Missing ``meta`` keys of :data:`META_KEYS` are written as null; extra keys are kept.
     """
@@ -108,7 +124,16 @@ def write_run_metrics(
         "meta": full_meta,
         "metrics": dict(metrics),
     }
-    return write_json_atomic(Path(run_dir) / METRICS_FILE, record)
+    if test_set is not None:
+        record["test_set"] = dict(test_set)
+    if run is not None:
+        record["run"] = dict(run)
+    return record
+
+
+def write_run_metrics(run_dir: str | os.PathLike, *args, **kwargs) -> Path:
+    """Write ``run_dir/metrics.json`` atomically; arguments as :func:`run_record`."""
+    return write_json_atomic(Path(run_dir) / METRICS_FILE, run_record(*args, **kwargs))
 
 
 def _reject_constant(literal: str) -> None:
@@ -358,21 +383,78 @@ def load_samples(files: list[Path]) -> list[dict[str, Any]]:
     return samples
 
 
+def test_set_label(test_set: dict[str, Any] | None) -> str:
+    """``split/frames/sha256[:8]`` of a ``metrics.json`` ``test_set``, ``unknown`` without one."""
+    if not isinstance(test_set, dict):
+        return "unknown"
+    sha = test_set.get("sha256") or "?"
+    return f"{test_set.get('split')}/{test_set.get('frames')}/{sha[:8]}"
+
+
+def check_test_sets(
+    records: list[dict], run_dirs: list[str | os.PathLike], allow_mixed: bool
+) -> list[str] | None:
+    """The test-set label of every run when the runs were tested on different test sets and
+    ``allow_mixed`` is set, None when they agree (runs without a recorded set are not compared).
+
+    Raises:
+        RunDirError: different test sets without ``allow_mixed``.
+    """
+    labels = [test_set_label(rec.get("test_set")) for rec in records]
+    known = dict.fromkeys(lab for lab in labels if lab != "unknown")
+    if len(known) <= 1:
+        return None
+    if not allow_mixed:
+        first = {lab: d for lab, d in zip(reversed(labels), reversed(run_dirs))}
+        sets = "; ".join(f"{lab} ({first[lab]})" for lab in known)
+        raise RunDirError(
+            f"the runs were tested on different test sets (split/frames/hash): {sets}; "
+            "pass --allow-mixed to report them together, marked"
+        )
+    return labels
+
+
+def check_predictions(record: dict, run_dir: str | os.PathLike) -> None:
+    """Raise :class:`RunDirError` if ``predictions/`` and ``metrics.json`` of a run dir come
+    from different tests (their ``TEST_ID`` and ``run.test_id`` differ)."""
+    stamp = Path(run_dir) / PREDICTIONS_DIR / TEST_ID_FILE
+    test_id = (record.get("run") or {}).get("test_id")
+    if not stamp.is_file() and test_id is None:
+        return  # written before test ids existed
+    found = stamp.read_text().strip() if stamp.is_file() else None
+    if found != test_id:
+        raise RunDirError(
+            f"{run_dir}: {PREDICTIONS_DIR}/ ({found or 'no test id'}) and {METRICS_FILE} "
+            f"({test_id or 'no test id'}) come from different tests; run the test again"
+        )
+
+
 def build_report(
-    run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, num_images: int = 4
+    run_dirs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    num_images: int = 4,
+    allow_mixed: bool = False,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.json``, ``fig5.png`` and (if any run saved predictions)
     ``qualitative.png`` (every such run, :func:`qualitative_rows`) to ``out_dir``; returns
     {file name: path}.
 
-    Every input is read and every figure drawn before anything is written, so bad input
-    (:class:`RunDirError`, or an ``out_dir`` that cannot be a folder: ``InputError``) leaves
-    ``out_dir`` untouched.
+    Runs tested on different test sets are refused unless ``allow_mixed``, which appends each
+    run's test set to its label. Every input is read and every figure drawn before anything is
+    written, so bad input (:class:`RunDirError`, or an ``out_dir`` that cannot be a folder:
+    ``InputError``) leaves ``out_dir`` untouched.
     """
     records = [read_run_metrics(d) for d in run_dirs]
+    sets = check_test_sets(records, run_dirs, allow_mixed)
     labels = run_labels([rec["name"] for rec in records], run_dirs)
+    if sets is not None:
+        labels = [f"{lab} [test set {s}]" for lab, s in zip(labels, sets)]
     rows = [report_row(rec, d, lab) for rec, d, lab in zip(records, run_dirs, labels)]
+    for row, rec in zip(rows, records):
+        row["test_set"] = rec.get("test_set")
     figures = {"fig5.png": (fig5_figure(rows), 120)}
+    for index, _ in find_predictions(run_dirs):
+        check_predictions(records[index], run_dirs[index])
     qualitative = qualitative_rows(run_dirs, labels, num_images)
     if qualitative is not None:
         samples, row_labels, title = qualitative
@@ -385,7 +467,10 @@ def build_report(
         raise InputError(f"cannot use {out} as the output folder ({e.strerror or e})") from e
     written = {
         "report.md": write_text_atomic(
-            out / "report.md", "# NYUD-v2 transfer report\n\n" + markdown_table(rows)
+            out / "report.md",
+            "# NYUD-v2 transfer report\n\n"
+            + ("**Mixed test sets**: compare rows of the same test set only.\n\n" if sets else "")
+            + markdown_table(rows),
         ),
         "report.json": write_json_atomic(out / "report.json", rows),
     }

@@ -208,6 +208,8 @@ class CMIMLoss(nn.Module):
             paper's log(N - 1), N the batch size).
     """
 
+    nonfinite_buffers = ("log_z",)  # NaN marks a layer whose constant is not measured yet
+
     def __init__(
         self,
         in_dims: Sequence[int | tuple[int, int]],

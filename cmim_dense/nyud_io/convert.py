@@ -15,9 +15,7 @@ crash or Ctrl-C leaves nothing half-written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from cmim_dense.nyud_io.mat import (
     load_class_mapping,
     load_splits,
 )
-from cmim_dense.utils.io import replace_dir
+from cmim_dense.utils.io import partial_path, replace_dir
 from cmim_dense.utils.progress import progress_bar
 
 INFO_FILE = "nyud_info.json"
@@ -183,12 +181,6 @@ def _existing_is_complete(out: Path, classes: int, force: bool) -> bool:
     return True
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _make_parent(out: Path) -> list[Path]:
     """Create OUT's missing parents; returns those created (to remove on failure)."""
     created = []
@@ -248,13 +240,13 @@ def prepare_nyud(
         lut = class_lut(load_class_mapping(mapping, len(mat.names)), labels13)
         created = _make_parent(out)
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+            tmp = partial_path(out)  # named with our pid: a later start removes it if we die
+            tmp.mkdir(mode=0o777)  # the umask applies
         except OSError as exc:
             for parent in reversed(created):
                 parent.rmdir()
             raise NYUDFormatError(f"{out}: output directory not writable ({exc})") from exc
         try:
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
             _convert(mat, train, test, lut, tmp, progress)
             info = {
                 "format": INFO_FORMAT,

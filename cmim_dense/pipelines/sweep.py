@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cmim_dense.engine.config import parse_cfg_options
+from cmim_dense.engine.config import load_config, parse_cfg_options
 from cmim_dense.pipelines.chain import StageTimer, run_chain, train_and_test
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import (
@@ -65,6 +65,8 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
             raise InputError(f"--grid key {key} given twice")
         parsed = parse_cfg_options([f"{key}={values}"])[key]
         grid[key] = parsed if isinstance(parsed, list) else [parsed]
+        if any(v in ("", None) for v in grid[key]):
+            raise InputError(f"--grid {item!r}: an empty value; give KEY=V1,V2,...")
     return grid
 
 
@@ -142,6 +144,7 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
     if overlap:
         raise InputError(f"keys in the grid of both stages and of one: {', '.join(overlap)}")
     timer = timer or StageTimer()
+    _check_settings(spec)
     metrics = CHAIN_METRICS if spec.chain else PRETRAIN_METRICS
     runs = spec.runs()
     if spec.reference is not None:
@@ -153,6 +156,15 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
         result.update(stages=timer.stages, complete=i == len(runs) - 1)
         write_outputs(result, spec.work_dir)
     return result
+
+
+def _check_settings(spec: SweepSpec) -> None:
+    """Load the config of every run before the first one trains, so that a bad value of the
+    grid (``abc`` for a number, an unknown key) stops the sweep at once, not hours later."""
+    for shared, pre, tr, seed in spec.runs():
+        load_config(spec.config, {**spec.cfg_options, **shared, **pre, "randomness.seed": seed})
+        if spec.chain:
+            load_config(spec.transfer_config, {**spec.transfer_options, **shared, **tr})
 
 
 RUN_STAMP = "sweep_run.json"

@@ -2,8 +2,8 @@
 
 Every checkpoint is read with ``torch.load(weights_only=True)``, passed explicitly so that no
 environment setting can turn it off: a file can never run code. A file that is not a readable
-checkpoint, or whose tensors do not fit the model key by key and shape by shape, raises
-:class:`CheckpointError` naming the problem.
+checkpoint, whose tensors do not fit the model key by key and shape by shape, or that holds a
+NaN or infinite value, raises :class:`CheckpointError` naming the problem.
 """
 
 from __future__ import annotations
@@ -23,6 +23,43 @@ _SHOWN_KEYS = 5
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+
+
+class NonFiniteWeightError(CheckpointError):
+    """A checkpoint holds a NaN or infinite parameter or buffer (a diverged or broken model)."""
+
+
+# A module lists in this class attribute the buffers that may hold NaN by design, as a marker
+# ("not measured yet"): e.g. CMIMLoss's ``log_z``.
+NONFINITE_OK = "nonfinite_buffers"
+
+
+def nonfinite_ok_keys(module: nn.Module) -> set[str]:
+    """State-dict keys of ``module`` whose NaN/inf values are markers, not broken weights."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        for name in getattr(type(sub), NONFINITE_OK, ())
+    }
+
+
+def check_finite(state: Mapping[str, Tensor], source: str, allowed: Iterable[str] = ()) -> None:
+    """Raise :class:`NonFiniteWeightError` naming the first floating-point tensor of ``state``
+    (a state dict: parameters and buffers, binarizers' learnable thresholds and scales included)
+    that holds a NaN or an infinity, with its counts; keys in ``allowed`` are skipped."""
+    allowed = set(allowed)
+    for key, value in state.items():
+        if key in allowed or not (value.is_floating_point() or value.is_complex()):
+            continue
+        finite = torch.isfinite(value)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(value).sum())
+        inf = value.numel() - int(finite.sum()) - nan
+        raise NonFiniteWeightError(
+            f"{source}: {key} holds {nan} NaN and {inf} inf of {value.numel()} values; "
+            "the weights are not usable (diverged training or a damaged file)"
+        )
 
 
 def _first_line(err: BaseException) -> str:
@@ -64,6 +101,22 @@ def read_state_dict(path: str | os.PathLike, prefix: str | None = None) -> dict[
     return dict(state)
 
 
+def read_checkpoint_meta(path: str | os.PathLike, part: str = "meta") -> dict:
+    """A dict of an mmengine checkpoint: its ``meta`` (``epoch``, ``iter``, ...) or another
+    ``part`` (``optimizer``); ``{}`` when absent.
+
+    Memory-maps the file, so the tensors are not read. Raises :class:`CheckpointError` for a
+    file that is not a readable checkpoint.
+    """
+    path = os.fspath(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from err
+    meta = ckpt.get(part) if isinstance(ckpt, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
 def _keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOWN_KEYS])
     return f"[{shown}{', ...' if len(keys) > _SHOWN_KEYS else ''}]"
@@ -97,7 +150,8 @@ def load_state_dict_strict(
     target: str | None = None,
     ignore: Iterable[str] = (),
 ) -> None:
-    """Check ``state`` against ``module`` with :func:`check_state_dict`, then load it.
+    """Check ``state`` against ``module`` with :func:`check_state_dict` and
+    :func:`check_finite`, then load it (a refused state leaves ``module`` as it was).
 
     ``ignore``: key prefixes of ``state`` that are dropped first (e.g. a classifier that a
     headless backbone does not have).
@@ -105,5 +159,6 @@ def load_state_dict_strict(
     ignore = tuple(ignore)
     state = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}
     check_state_dict(module.state_dict(), state, source, target or type(module).__name__)
+    check_finite(state, source, nonfinite_ok_keys(module))
     with torch.no_grad():
         module.load_state_dict(state, strict=True)

@@ -45,6 +45,8 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=10),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", interval=max_epochs, max_keep_ckpts=1, save_last=True),
+    checkpoint=dict(
+        type="SafeCheckpointHook", interval=max_epochs, max_keep_ckpts=1, save_last=True
+    ),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )

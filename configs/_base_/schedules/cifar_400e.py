@@ -16,7 +16,7 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", interval=10, max_keep_ckpts=3, save_best="top1"),
+    checkpoint=dict(type="SafeCheckpointHook", interval=10, max_keep_ckpts=3, save_best="top1"),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 auto_scale_lr = dict(enable=False, base_batch_size=256)

@@ -16,7 +16,7 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=100),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=3, save_best="top1"),
+    checkpoint=dict(type="SafeCheckpointHook", interval=1, max_keep_ckpts=3, save_best="top1"),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 # The paper's 256 images per step (4 GPUs x 64). Off: lr stays 0.1 whatever the total batch; set

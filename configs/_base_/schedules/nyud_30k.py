@@ -13,6 +13,6 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2000, max_keep_ckpts=3),
+    checkpoint=dict(type="SafeCheckpointHook", by_epoch=False, interval=2000, max_keep_ckpts=3),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
