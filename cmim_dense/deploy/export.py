@@ -36,6 +36,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 import torch.nn.functional as F
+from openvino.passes import ConstantFolding, Manager
 from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
@@ -110,6 +111,17 @@ def heads_ir(model: MultiTaskDense, feats: tuple[Tensor, ...]) -> ov.Model:
     """The heads alone, converted by OpenVINO's PyTorch frontend: one input per stage output
     (static, the shapes of ``feats`` (1, C_i, h_i, w_i)) -> raw head outputs, named by task."""
     heads = ov.convert_model(_Heads(model).eval(), example_input=tuple(feats))
+    heads.reshape({p: ov.PartialShape(list(f.shape)) for p, f in zip(heads.inputs, feats)})
+    # The static shapes make the resize targets (ShapeOf -> Gather) constants; folded here, they
+    # do not reach the plugin, which runs ShapeOf and Gather with reference kernels.
+    for op in heads.get_ordered_ops():
+        if op.get_type_name() == "ShapeOf" and op.input(0).get_partial_shape().is_static:
+            dtype = op.output(0).get_element_type().to_dtype()
+            shape = ops.constant(np.array(op.input(0).get_shape(), dtype=dtype))
+            op.output(0).replace(shape.output(0))
+    manager = Manager()
+    manager.register_pass(ConstantFolding())
+    manager.run_passes(heads)
     for result, name in zip(heads.get_results(), model.heads):
         result.get_output_tensor(0).set_names({name})
     return heads
@@ -251,7 +263,8 @@ def export_model(
     image = torch.randn(1, 3, *input_size, generator=generator)
     reference = backbone_features(backbone, image)
     ir, counts = backbone_ir(backbone, image)
-    outputs = OpenVINOBackbone(ir)(image)
+    backbone_engine = OpenVINOBackbone(ir)
+    outputs = backbone_engine(image)
     errors = {
         "feature_relative_l2": max(
             _relative_error(o.numpy(), r.numpy()) for o, r in zip(outputs, reference)
@@ -269,7 +282,6 @@ def export_model(
     if dense:
         heads = heads_ir(model, reference)
         if calibration is not None:
-            backbone_engine = OpenVINOBackbone(ir)
             features = [
                 tuple(f.numpy() for f in backbone_engine(torch.from_numpy(frame[None])))
                 for frame in np.asarray(calibration, np.float32)
@@ -393,7 +405,9 @@ def _agreement_warnings(agreement: dict) -> list[str]:
     """One line per measure beyond its bound (:data:`MIN_SEG_AGREEMENT`,
     :data:`MAX_DEPTH_RELATIVE`)."""
     lines = []
-    where = f"on {agreement['frames']} real frames" if "frames" in agreement else "on a test image"
+    where = (
+        f"on {agreement['frames']} real frames" if "frames" in agreement else "on a random image"
+    )
     seg = agreement.get("seg_pixel_agreement", agreement.get("seg_argmax_agreement"))
     if seg is not None and seg < MIN_SEG_AGREEMENT:
         lines.append(
