@@ -432,7 +432,7 @@ def test_second_launch_in_a_work_dir_is_refused_until_the_holder_dies(tmp_path, 
         holder.wait()
     assert _tool_main("train")(argv) == 0  # the kernel released the dead holder's lock
     assert not staged.exists()  # its staged output was removed at this start, and logged
-    assert f"removed {staged}" in capsys.readouterr().out
+    assert f"removed {staged}: staged output of a run that ended" in capsys.readouterr().err
     assert (work_dir / "epoch_1.pth").is_file()
 
 

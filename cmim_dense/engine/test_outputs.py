@@ -15,11 +15,11 @@ import hashlib
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from mmengine.dist import broadcast_object_list, is_main_process
-from mmengine.logging import print_log
 
 from cmim_dense.evaluation.report import METRICS_FILE, PREDICTIONS_DIR, TEST_ID_FILE
 from cmim_dense.utils.errors import InputError
@@ -99,7 +99,9 @@ class TestOutputs:
             show_dir = Path(show_dir)
             if is_main_process():
                 for removed in remove_dead_partials(show_dir.parent, show_dir.name):
-                    print_log(f"removed {removed}: staged pictures of a test that ended")
+                    print(
+                        f"removed {removed}: staged pictures of a test that ended", file=sys.stderr
+                    )
             self.show = StagedDir(show_dir, pid=pid, token=token)
         self.predictions = self.stage.path / PREDICTIONS_DIR
         self.predictions.mkdir(mode=0o777, exist_ok=True)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from pathlib import Path
-
-from mmengine.logging import print_log
 
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import remove_dead_partials
@@ -77,5 +76,7 @@ def prepare_work_dir(work_dir: str | os.PathLike) -> Path:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
     for removed in remove_dead_partials(path):
-        print_log(f"removed {removed}: staged output of a run that ended", logger="current")
+        # Not through a logger: the run's logger does not exist yet, and an earlier one of
+        # the process may write to a stream that is gone.
+        print(f"removed {removed}: staged output of a run that ended", file=sys.stderr)
     return path
