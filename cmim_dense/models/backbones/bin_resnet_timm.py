@@ -17,7 +17,6 @@ from timm.models import (
     generate_default_cfgs,
     register_model,
 )
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from cmim_dense.models.backbones.bin_resnet import STEM_STRIDES, BinaryResNet
@@ -87,13 +86,19 @@ class TimmBinaryResNet(BinaryResNet):
 
 
 def _take(indices: int | Sequence[int] | None, num_levels: int) -> tuple[list[int], int]:
-    """timm's feature_take_indices, with a one-line error for a bad index."""
-    levels = list(indices) if isinstance(indices, Sequence) else indices
-    if isinstance(levels, list) and not all(-num_levels <= i < num_levels for i in levels):
-        raise InputError(f"feature indices must be in 0..{num_levels - 1}, got {levels}")
-    if isinstance(levels, int) and not 0 < levels <= num_levels:
-        raise InputError(f"the last-n feature count must be in 1..{num_levels}, got {levels}")
-    return feature_take_indices(num_levels, levels)
+    """timm's index convention: None = all levels, an int n = the last n, else the indices
+    (negative from the end). Returns (sorted levels, the largest), with one-line errors."""
+    if indices is None:
+        indices = num_levels
+    if isinstance(indices, int):
+        if not 0 < indices <= num_levels:
+            raise InputError(f"the last-n feature count must be in 1..{num_levels}, got {indices}")
+        take = list(range(num_levels - indices, num_levels))
+    else:
+        if not all(-num_levels <= i < num_levels for i in indices):
+            raise InputError(f"feature indices must be in 0..{num_levels - 1}, got {list(indices)}")
+        take = sorted(i % num_levels for i in indices)
+    return take, max(take)
 
 
 def _cfg(**kwargs) -> dict:
