@@ -69,8 +69,8 @@ class MultiTaskDense(BaseSegmentor):
         if pretrained is not None:
             if backbone.get("pretrained") is not None:
                 raise InputError(
-                    "set the backbone's weights once: model.pretrained or "
-                    "model.backbone.pretrained, not both"
+                    "both model.pretrained and model.backbone.pretrained are set: give the "
+                    "backbone's weights once, not both"
                 )
             backbone = dict(backbone, pretrained=pretrained)
         if seg_head is None and depth_head is None:
