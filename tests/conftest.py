@@ -1,5 +1,6 @@
 """Shared test set-up."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ from mmengine.registry import init_default_scope
 import cmim_dense.registry  # noqa: F401  (shims before any test imports mmseg)
 from cmim_dense.nyud_io.convert import prepare_nyud
 from cmim_dense.nyud_io.synth import generate_synth_nyud
+
+# The tools run in-process here, many per session: mmengine's loggers keep a stream handler on
+# the sys.stdout/stderr of the test that created them, which pytest's capture has closed by the
+# next one. Writing there prints "--- Logging error ---" and a traceback into the next test's
+# captured stderr; the tools' own one-line errors are what the tests read.
+logging.raiseExceptions = False
 
 
 @pytest.fixture(autouse=True)
