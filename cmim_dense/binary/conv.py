@@ -49,7 +49,11 @@ class BinaryConv2d(nn.Conv2d):
 
     def _weight_state(self) -> tuple:
         # Storage and in-place version counter of every tensor the binary weight depends
-        # on: an optimizer step, load_state_dict or .to() changes one of them.
+        # on: an optimizer step, load_state_dict or .to() changes one of them. Tensor._version
+        # is torch's own counter (autograd's saved-tensor check reads it); torch has no public
+        # API that says a tensor was modified in place, and hooks would miss in-place edits
+        # under no_grad (RBNN's rotation update, EMA). The behaviour is pinned by
+        # tests/test_binary_conv.py::test_binary_weight_cached_without_autograd_and_refreshed_on_change.
         tensors = [self.weight, *self.binarizer.parameters(), *self.binarizer.buffers()]
         return tuple((t.data_ptr(), t._version) for t in tensors)
 
