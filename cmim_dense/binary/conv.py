@@ -53,7 +53,8 @@ class BinaryConv2d(nn.Conv2d):
         # is torch's own counter (autograd's saved-tensor check reads it); torch has no public
         # API that says a tensor was modified in place, and hooks would miss in-place edits
         # under no_grad (RBNN's rotation update, EMA). The behaviour is pinned by
-        # tests/test_binary_conv.py::test_binary_weight_cached_without_autograd_and_refreshed_on_change.
+        # test_binary_weight_cached_without_autograd_and_refreshed_on_change
+        # (tests/test_binary_conv.py).
         tensors = [self.weight, *self.binarizer.parameters(), *self.binarizer.buffers()]
         return tuple((t.data_ptr(), t._version) for t in tensors)
 
