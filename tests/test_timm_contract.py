@@ -208,13 +208,18 @@ def test_resnet18_training_forward_is_one_dynamo_graph(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_binarizers())
 def test_compiled_training_step_matches_eager(name):
-    """Inductor's fused kernels give the eager loss and gradients to float tolerance."""
+    """Inductor's fused kernels give the eager loss and gradients to float tolerance.
+
+    In float64: in float32 a fused kernel's different rounding can move a value across a sign
+    threshold, and a binary network amplifies one flip through every later layer (seen for
+    IR-Net and RBNN), which says nothing about whether the compiled graph is right.
+    """
     torch._dynamo.reset()
-    eager = _resnet(name, stem="cifar").train()
-    compiled = _resnet(name, stem="cifar").train()
+    eager = _resnet(name, stem="cifar").double().train()
+    compiled = _resnet(name, stem="cifar").double().train()
     compiled.load_state_dict(eager.state_dict())
     step = torch.compile(lambda m, x: m(x).logsumexp(1).mean(), fullgraph=True)
-    x = torch.randn(4, 3, 16, 16)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     losses = [eager(x).logsumexp(1).mean(), step(compiled, x)]
     for loss in losses:
         loss.backward()
