@@ -283,3 +283,61 @@ def test_the_static_backbone_runs_no_reference_kernel():
     kinds = {(p.node_type, p.exec_type) for p in request.get_profiling_info()}
     assert "BinaryConvolution" in {node_type for node_type, _ in kinds}
     assert [k for k in kinds if k[1].startswith("ref")] == []
+
+
+def test_the_exported_model_is_evaluated_with_the_same_metrics(tmp_path, synth_nyud_tree, capsys):
+    """``test --ir``: the whole IR through the test loop (same resizing, same metrics) agrees
+    with PyTorch, records what ran, and refuses a foreign or mixed invocation in one line."""
+    config = tmp_path / "dense.py"
+    root = str(synth_nyud_tree)
+    config.write_text(
+        BODY.format(base=str(REPO / "configs" / "demo" / "nyud_synth.py"), root=root)
+        .replace("crop_size = (40, 56)", "crop_size = (120, 160)")  # the test pipeline's size
+        .replace("dilations=(1, 2, 3, 4)", "dilations=(1, 2)")
+        + "test_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)\n"
+    )
+    checkpoint = str(_checkpoint(tmp_path, config))
+    export_config(str(config), checkpoint, tmp_path / "fp32")
+    export_config(str(config), checkpoint, tmp_path / "int8", int8_heads=True, calib_frames=3)
+    test = _tool("test")
+
+    def evaluate(name: str, *extra: str) -> dict:
+        work_dir = tmp_path / name
+        assert test([str(config), checkpoint, "--work-dir", str(work_dir), *extra]) == 0
+        return json.loads((work_dir / "metrics.json").read_text())
+
+    torch_run = evaluate("torch", "--backend", "torch")
+    fp32_run = evaluate("fp32", "--ir", str(tmp_path / "fp32"))
+    int8_run = evaluate("int8", "--ir", str(tmp_path / "int8"))
+    assert torch_run["run"]["backend"] == "torch" and torch_run["run"]["ir_sha256"] is None
+    for run, precision in ((fp32_run, "fp32"), (int8_run, "int8_heads")):
+        assert run["run"]["backend"] == "openvino" and run["run"]["precision"] == precision
+        assert len(run["run"]["ir_sha256"]) == 64 and run["test_set"] == torch_run["test_set"]
+    assert fp32_run["run"]["ir_sha256"] != int8_run["run"]["ir_sha256"]
+    assert fp32_run["run"]["ir"] == str(tmp_path / "fp32")
+    reference, fp32, int8 = (r["metrics"] for r in (torch_run, fp32_run, int8_run))
+    assert abs(fp32["mIoU"] - reference["mIoU"]) <= 0.05
+    assert abs(fp32["rmse"] / reference["rmse"] - 1) <= 5e-4
+    assert abs(int8["mIoU"] - reference["mIoU"]) <= 1.0
+    assert abs(int8["rmse"] / reference["rmse"] - 1) <= 0.02
+    assert int8 != fp32  # the INT8 heads did run
+    # another checkpoint or another config (cfg-options): one line, nothing written
+    other = tmp_path / "other.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["seg_head.conv_seg.bias"] += 1.0
+    torch.save(state, other)
+    ir = ["--ir", str(tmp_path / "fp32"), "--work-dir", str(tmp_path / "refused")]
+    capsys.readouterr()
+    for argv, needle in (
+        ([str(config), str(other), *ir], "another checkpoint"),
+        ([str(config), checkpoint, *ir, "--cfg-options", "model.depth_head.max_depth=8.0"],
+         "another config"),
+    ):  # fmt: skip
+        assert test(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own refusal
+        test([str(config), checkpoint, *ir, "--backend", "torch"])
+    assert exit_info.value.code == 2
+    assert "--backend: not allowed with argument --ir" in capsys.readouterr().err

@@ -23,9 +23,7 @@ import pytest
 import torch
 
 from cmim_dense.apis import DenseInferencer, DenseResult
-from cmim_dense.apis import inferencer as inferencer_module
 from cmim_dense.apis.images import expand_inputs, read_image, to_rgb8
-from cmim_dense.apis.inferencer import _IRRunner
 from cmim_dense.apis.outputs import OVERLAY_ALPHA, colour_bar_height, depth_picture
 from cmim_dense.cli.infer import main as infer_main
 from cmim_dense.engine.config import build_model
@@ -160,7 +158,8 @@ def test_bad_backend_and_arm_cpu_are_refused_in_one_line(tiny, monkeypatch):
         DenseInferencer(tiny["config"], tiny["checkpoint"], device="gpu0")
     with pytest.raises(InputError, match="not a dense config"):
         DenseInferencer(REPO / "configs" / "demo" / "pretrain_crops.py")
-    monkeypatch.setattr(inferencer_module, "cpu_capabilities", lambda: ("FP32", "FP16"))
+    runtime = pytest.importorskip("cmim_dense.deploy.runtime")
+    monkeypatch.setattr(runtime, "_capabilities", lambda: ("FP32", "FP16"))
     with pytest.raises(InputError, match="no BinaryConvolution") as err:
         DenseInferencer(tiny["config"], tiny["checkpoint"], backend="openvino")
     assert "\n" not in str(err.value)
@@ -174,34 +173,50 @@ def test_bad_backend_and_arm_cpu_are_refused_in_one_line(tiny, monkeypatch):
 
 
 class _ExportedByTorch:
-    """An opened export's interface (``input_size``, a call on (1, 3, H, W) float32 giving raw
-    head outputs at feature resolution) computed by the PyTorch model itself."""
+    """An opened export's interface (``input_size``, ``output_names``, a call on (N, 3, H, W)
+    float32 giving raw head outputs at feature resolution) computed by a PyTorch model."""
 
     def __init__(self, model, input_size):
         self.model = model
         self.input_size = input_size
+        self.output_names = ("seg", "depth")
+        self.shapes = []
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self.shapes.append(images.shape)
         with torch.no_grad():
             outputs = self.model._forward(torch.from_numpy(images))
         return {name: value.numpy() for name, value in outputs.items()}
 
 
-def test_ir_adapter_resizes_like_the_pytorch_model(tiny):
-    """The adapter behind ``ir=``: at the pipeline's own size it must reproduce the PyTorch
-    model (same preprocessing, logits and depth resized to the input, argmax)."""
+def test_an_exported_model_is_resized_like_the_pytorch_model(tiny):
+    """``run_exported`` (behind ``ir=`` and ``test --ir``): at the pipeline's own size it must
+    reproduce the PyTorch model (same preprocessing, logits and depth resized to the input,
+    argmax); at another size the frames are resized to the export's and the outputs back."""
     infer = tiny["inferencer"]
-    model = infer._runner.model
-    rgb = _image(120, 160, 6)  # the test pipeline resizes it to 60x80 = the IR's size below
-    runner = _IRRunner(infer.cfg, _ExportedByTorch(model, (60, 80)), align_corners=False)
-    item = infer.pipeline(dict(img=np.ascontiguousarray(rgb[..., ::-1])))
-    ours, reference = runner(item), infer(rgb)
-    assert ours.seg.shape == (120, 160)
-    assert np.array_equal(ours.seg, reference.seg)
-    assert np.allclose(ours.depth, reference.depth, atol=1e-5)
-    # another input size: resized to the IR's size and back to the image's
-    other = runner(infer.pipeline(dict(img=np.ascontiguousarray(_image(33, 47, 7)[..., ::-1]))))
-    assert other.seg.shape == (33, 47) and other.depth.shape == (33, 47)
+    exported = _ExportedByTorch(infer._runner.model, (60, 80))
+    model = build_model(infer.cfg, tiny["checkpoint"]).eval()
+    model.run_exported(exported)
+    rgb = _image(120, 160, 6)  # the test pipeline resizes it to 60x80 = the export's size
+
+    def predict(image):
+        item = infer.pipeline(dict(img=np.ascontiguousarray(image[..., ::-1])))
+        with torch.no_grad():
+            return model.test_step(
+                dict(inputs=[item["inputs"]], data_samples=[item["data_samples"]])
+            )[0]
+
+    ours, reference = predict(rgb), infer(rgb)
+    assert exported.shapes == [(1, 3, 60, 80)]
+    assert np.array_equal(ours.pred_sem_seg.data[0].numpy(), reference.seg)
+    assert np.allclose(ours.pred_depth_map.data[0].numpy(), reference.depth, atol=1e-5)
+    other = predict(_image(33, 47, 7))  # the pipeline gives 57x80: resized to 60x80 and back
+    assert exported.shapes[-1] == (1, 3, 60, 80)
+    assert other.pred_sem_seg.data.shape[1:] == (33, 47)
+    assert other.pred_depth_map.data.shape[1:] == (33, 47)
+    exported.output_names = ("stage1", "stage2")
+    with pytest.raises(InputError, match="export the whole dense model"):
+        model.run_exported(exported)
 
 
 def _export_api():

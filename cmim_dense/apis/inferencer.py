@@ -7,17 +7,15 @@ import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.dataset import Compose
 
 from cmim_dense.apis.images import read_image, to_rgb8
 from cmim_dense.engine.config import build_model, load_config
-from cmim_dense.registry import DATASETS, MODELS, init_scope
+from cmim_dense.registry import DATASETS, init_scope
 from cmim_dense.utils.errors import InputError
 
 BACKENDS = ("torch", "openvino")
@@ -63,13 +61,14 @@ def class_names(cfg: Config) -> tuple[str, ...] | None:
     return tuple(classes) if classes else None
 
 
-class _TorchRunner:
-    """The checkpoint in PyTorch: mmseg's ``test_step`` (data preprocessor, heads, outputs
-    resized back to the image). ``backend='openvino'`` runs the frozen backbone bit-packed."""
+class _ModelRunner:
+    """The model's ``test_step`` on one pipeline item: the data preprocessor, then the backbone
+    and heads (or a whole exported model, see :meth:`MultiTaskDense.run_exported`), then the
+    outputs resized back to the image as mmseg's heads and ``postprocess_result`` do."""
 
-    def __init__(self, cfg: Config, checkpoint, backend: str, device: torch.device):
-        options = {"model.backbone_backend": backend} if backend != "torch" else None
-        self.model = build_model(cfg, checkpoint, cfg_options=options).to(device).eval()
+    def __init__(self, cfg: Config, checkpoint, device: torch.device, exported=None):
+        self.model = build_model(cfg, checkpoint).to(device).eval()
+        self.model.run_exported(exported)
 
     def __call__(self, item: dict) -> DenseResult:
         data = dict(inputs=[item["inputs"]], data_samples=[item["data_samples"]])
@@ -78,46 +77,6 @@ class _TorchRunner:
         seg = sample.pred_sem_seg.data[0].cpu().numpy() if "pred_sem_seg" in sample else None
         depth = sample.get("pred_depth_map")
         depth = depth.data[0].cpu().numpy().astype(np.float32) if depth is not None else None
-        return DenseResult(seg=seg, depth=depth)
-
-
-class _IRRunner:
-    """A whole exported model (``cmim-dense export``): the config's test pipeline and data
-    preprocessor, a bilinear resize to the IR's static input size, the IR, then the head
-    outputs resized bilinearly to that size and to the image, as mmseg's heads and
-    ``postprocess_result`` do in PyTorch.
-
-    ``exported``: an opened export with ``input_size`` (H, W) and a call taking (1, 3, H, W)
-    float32 to ``{'seg': (1, K, h, w) logits, 'depth': (1, 1, h, w) metres}`` (each if present).
-    """
-
-    def __init__(self, cfg: Config, exported, align_corners: bool):
-        self.exported = exported
-        # the data preprocessor alone: the IR holds the model
-        preprocessor = cfg.model.data_preprocessor
-        self.preprocessor = MODELS.build(preprocessor).eval()
-        self.align_corners = align_corners
-
-    def __call__(self, item: dict) -> DenseResult:
-        data = dict(inputs=[item["inputs"]], data_samples=[item["data_samples"]])
-        with torch.no_grad():
-            x = self.preprocessor(data, False)["inputs"].float()
-        size = tuple(self.exported.input_size)
-        if tuple(x.shape[2:]) != size:
-            x = F.interpolate(x, size, mode="bilinear", align_corners=False)
-        outputs = self.exported(x.numpy())
-        ori_shape = tuple(item["data_samples"].metainfo["ori_shape"][:2])
-        restored = {}
-        for name, value in outputs.items():
-            out = torch.from_numpy(np.asarray(value, dtype=np.float32))
-            for target in (size, ori_shape):
-                if tuple(out.shape[2:]) != target:
-                    out = F.interpolate(
-                        out, target, mode="bilinear", align_corners=self.align_corners
-                    )
-            restored[name] = out[0]
-        seg = restored["seg"].argmax(0).numpy() if "seg" in restored else None
-        depth = restored["depth"][0].numpy() if "depth" in restored else None
         return DenseResult(seg=seg, depth=depth)
 
 
@@ -141,7 +100,8 @@ class DenseInferencer:
             match) must equal the export's.
         backend: where the frozen backbone of the PyTorch model runs: ``'torch'``, or
             ``'openvino'`` (bit-packed binary convolutions on the CPU; the heads stay in
-            PyTorch on ``device``). Not used with ``ir``.
+            PyTorch on ``device``); None: the config's ``model.backbone_backend``, as in
+            ``cmim-dense test``. Not used with ``ir``.
         device: the torch device of the PyTorch model.
         cfg_options: config keys to override (mmengine's ``--cfg-options`` as a dict).
         num_threads: OpenVINO inference threads of an ``ir`` (default: torch's).
@@ -159,13 +119,20 @@ class DenseInferencer:
         config: str | os.PathLike | Config,
         checkpoint: str | os.PathLike | None = None,
         ir: str | os.PathLike | None = None,
-        backend: str = "torch",
+        backend: str | None = None,
         device: str = "cpu",
         cfg_options: dict | None = None,
         num_threads: int | None = None,
     ):
-        if backend not in BACKENDS:
+        if backend is not None and backend not in BACKENDS:
             raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if ir is not None and (backend is not None or torch_device(device).type != "cpu"):
+            raise InputError(
+                "--backend and --device choose how the PyTorch model runs; an --ir runs the "
+                "whole exported model in OpenVINO on the CPU"
+            )
+        if backend is not None:
+            cfg_options = {**(cfg_options or {}), "model.backbone_backend": backend}
         if isinstance(config, Config):
             cfg = copy.deepcopy(config)
             if cfg_options:
@@ -180,18 +147,15 @@ class DenseInferencer:
         self.cfg = cfg
         self.pipeline = test_pipeline_for_arrays(cfg)
         self.classes = class_names(cfg)
-        if ir is None:
-            if backend == "openvino":
-                require_binary_convolution()
-            self._runner = _TorchRunner(cfg, checkpoint, backend, torch_device(device))
-        else:
-            if backend != "torch" or torch_device(device).type != "cpu":
-                raise InputError(
-                    "--backend and --device choose how the PyTorch model runs; an --ir runs the "
-                    "whole exported model in OpenVINO on the CPU"
-                )
-            exported = open_export(ir, cfg, checkpoint, num_threads)
-            self._runner = _IRRunner(cfg, exported, _align_corners(cfg))
+        exported = None
+        if ir is not None:
+            require_binary_convolution()
+            from cmim_dense.deploy.runtime import open_export
+
+            exported = open_export(ir, cfg.pretty_text, checkpoint, num_threads)
+        elif cfg.model.get("backbone_backend") == "openvino":
+            require_binary_convolution()
+        self._runner = _ModelRunner(cfg, checkpoint, torch_device(device), exported)
 
     def predict_one(self, image: str | os.PathLike | np.ndarray) -> DenseResult:
         """Predictions of one image (see the class doc for the accepted images)."""
@@ -227,51 +191,12 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
-def _align_corners(cfg: Config) -> bool:
-    heads = [cfg.model.get(name) for name in ("seg_head", "depth_head")]
-    return bool(next(head for head in heads if head).get("align_corners", False))
-
-
-def cpu_capabilities() -> tuple[str, ...]:
-    """The OpenVINO CPU plugin's ``OPTIMIZATION_CAPABILITIES`` (``BIN`` where it runs
-    ``BinaryConvolution``: x86-64; not on ARM).
-
-    Raises:
-        InputError: OpenVINO is not installed.
-    """
-    try:
-        import openvino as ov
-    except ImportError:
-        raise InputError("the OpenVINO paths need OpenVINO: pip install openvino") from None
-    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-
-
 def require_binary_convolution() -> None:
-    """Refuse, in one line, a CPU whose OpenVINO plugin has no ``BinaryConvolution``.
+    """Refuse, in one line, a CPU whose OpenVINO plugin has no ``BinaryConvolution`` (ARM).
 
     Raises:
-        InputError: OpenVINO or the capability is missing.
+        InputError: the capability is missing.
     """
-    caps = cpu_capabilities()
-    if "BIN" not in caps:
-        raise InputError(
-            f"this CPU's OpenVINO plugin has no BinaryConvolution (capabilities: {', '.join(caps)})"
-            ": the OpenVINO paths need an x86-64 CPU; run the backbone in PyTorch "
-            "(--backend torch) instead"
-        )
+    from cmim_dense.deploy.runtime import require_binary_support  # OpenVINO only where needed
 
-
-def open_export(folder: str | os.PathLike, cfg: Config, checkpoint, num_threads: int | None):
-    """``folder`` opened by :class:`cmim_dense.deploy.runtime.ExportedModel`, refused in one
-    line unless it was exported from ``cfg`` (its resolved text) and ``checkpoint``.
-
-    Raises:
-        InputError: not an export, another config or checkpoint, or a CPU without
-            ``BinaryConvolution``.
-    """
-    require_binary_convolution()
-    from cmim_dense.deploy.runtime import ExportedModel, identity
-
-    exported = ExportedModel.open(Path(folder), num_threads)
-    exported.check_identity(identity(cfg.pretty_text, checkpoint))
-    return exported
+    require_binary_support()

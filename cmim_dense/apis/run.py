@@ -49,7 +49,7 @@ def infer_to_folder(
     inputs: Sequence[str],
     out_dir: str | os.PathLike,
     ir: str | os.PathLike | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
     overlay: bool = False,

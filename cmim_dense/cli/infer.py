@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         choices=["torch", "openvino"],
-        default="torch",
-        help="where the frozen backbone of the PyTorch model runs (as in test)",
+        help="where the frozen backbone of the PyTorch model runs, as in test (default: the "
+        "config's model.backbone_backend)",
     )
     parser.add_argument("--device", default="cpu", help="torch device of the PyTorch model")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint and write ``<work_dir>/metrics.json``.
 
 cmim-dense test CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--name NAME]
-                [--backend torch|openvino] [--cfg-options key=value ...]
+                [--backend torch|openvino | --ir DIR] [--cfg-options key=value ...]
                 [--launcher none|pytorch|slurm]
 """
 
@@ -22,11 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", help="run directory: metrics.json and predictions/ go here")
     parser.add_argument("--show-dir", help="save a picture of every test image's predictions")
     parser.add_argument("--name", help="run name in metrics.json and reports (default: config)")
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()  # an IR holds the backbone and the heads
+    where.add_argument(
         "--backend",
         choices=["torch", "openvino"],
         help="run a dense model's frozen binary backbone in PyTorch or bit-packed in OpenVINO "
         "(default: the config's model.backbone_backend)",
+    )
+    where.add_argument(
+        "--ir",
+        help="folder written by export from this config and checkpoint: evaluate that whole "
+        "exported model in OpenVINO (fp32 or INT8 heads, whichever it holds)",
     )
     add_common_args(parser)
     return parser
@@ -53,6 +59,7 @@ def main(argv=None) -> int:
             args.launcher,
             args.show_dir,
             args.name,
+            args.ir,
         )
         headline = {k: v for k, v in metrics.items() if "." not in k}
         print(json.dumps(headline, indent=1, default=float))

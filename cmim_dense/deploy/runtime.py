@@ -219,6 +219,7 @@ class ExportedModel:
             names = ["backbone.xml", "heads.xml"]
         else:
             names = ["model.xml" if "model.xml" in files else "backbone.xml"]
+        self._names = names
         for name in names:
             for path in (folder / name, (folder / name).with_suffix(".bin")):
                 if not path.is_file():
@@ -240,6 +241,14 @@ class ExportedModel:
         """
         folder = Path(folder)
         return cls(folder, read_stamp(folder), num_threads)
+
+    def sha256(self) -> str:
+        """The hex sha256 of the IR files' bytes (``.xml`` then ``.bin`` of each, in order)."""
+        digest = hashlib.sha256()
+        for name in self._names:
+            for path in (self.folder / name, (self.folder / name).with_suffix(".bin")):
+                digest.update(bytes.fromhex(sha256_file(path)))
+        return digest.hexdigest()
 
     def check_identity(self, expected: dict) -> None:
         """Refuse, in one line, an IR exported from another config or checkpoint.
@@ -272,6 +281,25 @@ class ExportedModel:
             for name, value in zip(self.output_names, self._runner.run(frame[None])):
                 outputs[name].append(value)
         return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def open_export(
+    folder: str | os.PathLike,
+    config_text: str,
+    checkpoint: str | os.PathLike | None,
+    num_threads: int | None = None,
+) -> ExportedModel:
+    """``folder`` opened by :meth:`ExportedModel.open`, refused in one line unless it was
+    exported from the config whose resolved text is ``config_text`` and from ``checkpoint``
+    (:func:`identity`).
+
+    Raises:
+        InputError: not an export, another config or checkpoint, missing IR files, or a CPU
+            without ``BinaryConvolution``.
+    """
+    exported = ExportedModel.open(folder, num_threads)
+    exported.check_identity(identity(config_text, checkpoint))
+    return exported
 
 
 def read_stamp(folder: Path) -> dict:

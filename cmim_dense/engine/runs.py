@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import os.path as osp
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from mmengine.config import Config
@@ -30,6 +32,9 @@ from cmim_dense.utils.checkpoint import (
     read_state_dict,
 )
 from cmim_dense.utils.errors import InputError
+
+if TYPE_CHECKING:
+    from cmim_dense.deploy.runtime import ExportedModel
 
 
 class NonFiniteMetricError(InputError):
@@ -138,6 +143,17 @@ def run_meta(cfg: Config) -> dict:
     return meta
 
 
+def _backend_record(cfg: Config, exported: ExportedModel | None) -> dict:
+    """How the model ran: ``backend`` of the backbone (an IR runs whole in OpenVINO),
+    ``precision`` (``fp32`` or ``int8_heads``), ``ir_sha256`` and ``ir`` (folder), or None."""
+    if exported is not None:
+        ir = dict(ir_sha256=exported.sha256(), ir=str(exported.folder))
+        return dict(backend="openvino", precision=exported.precision, **ir)
+    dense = cfg.model.type == "MultiTaskDense"
+    backend = cfg.model.get("backbone_backend", "torch") if dense else "torch"
+    return dict(backend=backend, precision="fp32", ir_sha256=None, ir=None)
+
+
 def test(
     config: str,
     checkpoint: str,
@@ -146,19 +162,24 @@ def test(
     launcher: str = "none",
     show_dir: str | None = None,
     name: str | None = None,
+    ir: str | os.PathLike | None = None,
 ) -> tuple[Runner, dict]:
     """Evaluate ``checkpoint`` on the config's test set and write ``<work_dir>/metrics.json``.
 
     The checkpoint is loaded strictly: every model key present with its shape, no other key,
-    no NaN/inf. Dense models also save the first test images' predictions under
+    no NaN/inf. ``ir``: a folder that ``cmim-dense export`` wrote from this config (with the
+    same ``cfg_options``) and checkpoint; a dense model then predicts with that whole exported
+    model in OpenVINO (:meth:`~cmim_dense.models.dense.MultiTaskDense.run_exported`), through
+    the same resizing and metrics. Dense models also save the first test images' predictions under
     ``<work_dir>/predictions/`` (for ``tools/report.py``) and, with ``show_dir``, a
     picture per test image. Everything is staged and moved into place only when the test
     succeeded (:mod:`cmim_dense.engine.test_outputs`); ``metrics.json`` records the test set's
-    identity and the backend. Returns (runner, metrics).
+    identity, the backend, the precision and the IR's hash. Returns (runner, metrics).
 
     Raises:
         InputError: an unreadable, mismatched or non-finite checkpoint, a bad config key, a
-            ``show_dir`` that is a file or holds other files than pictures.
+            ``show_dir`` that is a file or holds other files than pictures; an ``ir`` that is
+            not an export of this config and checkpoint, or that this CPU cannot run.
         NonFiniteMetricError: a headline metric is NaN or infinite (nothing is written).
     """
     state = read_state_dict(checkpoint)
@@ -169,6 +190,14 @@ def test(
         raise InputError("--show-dir draws dense predictions; this config is not a dense model")
     if show_dir:
         check_show_dir(show_dir)
+    if ir is not None and not dense:
+        raise InputError("--ir evaluates an exported dense model; this config is not one")
+    exported = None
+    if ir is not None:
+        from cmim_dense.deploy.runtime import open_export  # OpenVINO only where it runs
+
+        # the export's identity is of the config as load_config gives it without a work dir
+        exported = open_export(ir, load_config(config, cfg_options).pretty_text, checkpoint)
     prepare_work_dir(cfg.work_dir)
     if dense:
         hooks = list(cfg.get("custom_hooks", []))
@@ -177,6 +206,8 @@ def test(
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     load_state_dict_strict(_model(runner), state, checkpoint, Path(config).stem)
+    if exported is not None:
+        _model(runner).run_exported(exported)
     outputs = TestOutputs(cfg.work_dir, show_dir)
     for hook in runner.hooks:
         if isinstance(hook, DensePredictionDumpHook):
@@ -199,11 +230,7 @@ def test(
         record = run_record(
             name or Path(config).stem, config, checkpoint, meta, metrics,
             test_set=test_set_identity(runner.test_dataloader.dataset),
-            run=dict(
-                backend=cfg.model.get("backbone_backend", "torch") if dense else "torch",
-                precision="fp32",
-                ir_sha256=None,  # the OpenVINO backend's IR, filled where one is used
-            ),
+            run=_backend_record(cfg, exported),
         )  # fmt: skip
         outputs.commit(record)
     except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
@@ -48,7 +49,9 @@ class MultiTaskDense(BaseSegmentor):
             ``backbone.pretrained`` instead.
 
     Inputs (N, 3, H, W); ``predict`` fills each data sample's ``pred_sem_seg`` (1, H0, W0)
-    class ids and ``pred_depth_map`` (1, H0, W0) metres at the original image size.
+    class ids and ``pred_depth_map`` (1, H0, W0) metres at the original image size. After
+    :meth:`run_exported`, ``predict`` takes the raw head outputs from an exported whole model
+    instead of the backbone and heads, and resizes them the same way.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class MultiTaskDense(BaseSegmentor):
             for head in self.heads.values():
                 head.to(memory_format=torch.channels_last)
         self.backbone_backend = backbone_backend
+        self.exported = None  # a whole exported model, see run_exported
         self._engine: tuple[tuple, object] | None = None  # (weight storages, compiled backbone)
         self.backbone.register_load_state_dict_post_hook(self._drop_engine)
         self.train_cfg = train_cfg
@@ -140,6 +144,27 @@ class MultiTaskDense(BaseSegmentor):
         """The segmentation head (the depth head without one) under mmseg's name, which
         ``mmseg.apis.init_model`` reads when a checkpoint has no ``dataset_meta``."""
         return self.seg_head or self.depth_head
+
+    def run_exported(self, exported) -> None:
+        """Predict with ``exported`` instead of the backbone and heads (None: PyTorch again).
+
+        ``exported``: a whole model exported from this one, e.g. an opened
+        :class:`cmim_dense.deploy.runtime.ExportedModel`, with ``input_size`` (H, W) of its static
+        input, ``output_names`` and a call from (N, 3, H, W) float32 to raw head outputs at
+        feature resolution by name: ``'seg'`` logits (N, K, h, w), ``'depth'`` (N, 1, h, w)
+        metres. Inputs of another size are resized bilinearly to ``input_size``; the outputs go
+        through the heads' own resize and :meth:`predict`'s postprocessing as in PyTorch.
+
+        Raises:
+            InputError: ``exported`` lacks an output of one of this model's heads.
+        """
+        missing = sorted(set(self.heads) - set(exported.output_names)) if exported else []
+        if missing:
+            raise InputError(
+                f"the exported model has outputs {list(exported.output_names)}, this model's "
+                f"heads need {sorted(self.heads)}: export the whole dense model"
+            )
+        self.exported = exported
 
     def _drop_engine(self, module, incompatible_keys) -> None:
         """``load_state_dict`` post hook: the compiled backbone holds the old weights."""
@@ -192,12 +217,12 @@ class MultiTaskDense(BaseSegmentor):
             meta = dict(ori_shape=size, img_shape=size, pad_shape=size, padding_size=[0] * 4)
             data_samples = [SegDataSample(metainfo=meta) for _ in range(inputs.shape[0])]
         metas = [s.metainfo for s in data_samples]
-        feats = self.extract_feat(inputs)
+        outputs = self._forward(inputs)
         if self.seg_head is not None:
-            seg_logits = self.seg_head.predict(feats, metas, self.test_cfg)
+            seg_logits = self.seg_head.predict_by_feat(outputs["seg"], metas)
             data_samples = self.postprocess_result(seg_logits, data_samples)
         if self.depth_head is not None:
-            depth = self.depth_head.predict(feats, metas, self.test_cfg)
+            depth = self.depth_head.predict_by_feat(outputs["depth"], metas)
             for sample, depth_map in zip(data_samples, depth):
                 sample.set_data(
                     {"pred_depth_map": PixelData(data=self._restore(depth_map, sample))}
@@ -225,6 +250,17 @@ class MultiTaskDense(BaseSegmentor):
         return depth[0]
 
     def _forward(self, inputs: Tensor, data_samples: list | None = None) -> dict[str, Tensor]:
-        """Raw head outputs at feature resolution, by task name."""
+        """Raw head outputs at feature resolution, by task name: seg logits (N, K, h, w), depth
+        (N, 1, h, w) metres; from the exported model after :meth:`run_exported`."""
+        if self.exported is not None:
+            return self._exported_forward(inputs)
         feats = self.extract_feat(inputs)
         return {name: head.forward(feats) for name, head in self.heads.items()}
+
+    def _exported_forward(self, inputs: Tensor) -> dict[str, Tensor]:
+        size = tuple(self.exported.input_size)
+        x = inputs.detach().float()
+        if tuple(x.shape[2:]) != size:
+            x = F.interpolate(x, size, mode="bilinear", align_corners=False)
+        outputs = self.exported(np.ascontiguousarray(x.cpu().numpy()))
+        return {name: torch.from_numpy(outputs[name]).to(inputs.device) for name in self.heads}
