@@ -105,7 +105,14 @@ def test_format_summary_states_stage_times_targets_and_verdicts():
         baselines=dict(mean_depth_rmse=0.9, majority_class_mIoU=5.0),
         stages=[dict(stage="generate 4 frames at 24x32", seconds=3.2)],
         runs=dict(
-            cmim=dict(top1=60.0, mIoU=51.0, rmse=0.44, neg_log_rmse=0.82, meets_targets=True),
+            cmim=dict(
+                top1=60.0,
+                mIoU=51.0,
+                rmse=0.44,
+                neg_log_rmse=0.82,
+                meets_targets=True,
+                deployed=dict(mIoU=51.02, rmse=0.4411, precision="fp32", reference_backend="torch"),
+            ),
             baseline=dict(top1=55.0, mIoU=49.0, rmse=0.5, neg_log_rmse=0.69, meets_targets=False),
         ),
     )
@@ -114,6 +121,8 @@ def test_format_summary_states_stage_times_targets_and_verdicts():
     assert "RMSE <= 0.540 m" in text  # 0.6 x the mean-depth RMSE
     assert "cmim      top-1  60.0 %  mIoU  51.0 %" in text and "meets the targets" in text
     assert "baseline  top-1  55.0 %  mIoU  49.0 %" in text and "MISSES the targets" in text
+    assert "exported (fp32, whole model in OpenVINO): mIoU  51.0 %  RMSE 0.441 m" in text
+    assert "torch backbone: mIoU +0.02, RMSE +0.25 %" in text
 
 
 def test_stage_timer_records_each_stage():
@@ -174,9 +183,16 @@ default_hooks = dict(checkpoint=dict(interval=max_iters))
     stages = [s["stage"] for s in summary["stages"]]
     assert stages[0].startswith("generate 80 frames") and "chains" in stages
     assert {"pretrain_cmim: train", "baseline: test", "report"} <= set(stages)
+    deployed = summary["runs"]["cmim"]["deployed"]
+    assert deployed["precision"] == "fp32" and 0 <= deployed["mIoU"] <= 100 and deployed["rmse"] > 0
+    assert {"cmim: export whole to OpenVINO", "cmim: test the exported model"} <= set(stages)
+    record = json.loads((settings.work_dir / "transfer_cmim_ir" / "metrics.json").read_text())
+    assert record["run"]["ir"] == str(settings.work_dir / "export_cmim")
+    assert len(list((settings.work_dir / "infer_cmim").glob("*_seg.png"))) == 4
     report = settings.work_dir / "report"
     for name in ("report.md", "fig5.png", "analysis/tsne.png", "analysis/analysis.json"):
         assert (report / name).is_file(), name
     again = run_demo(settings)  # everything evaluated: only data checks, report and analysis
     assert not any(s["stage"].endswith(": train") for s in again["stages"])
+    assert not any("export" in s["stage"] for s in again["stages"])
     assert again["runs"] == summary["runs"]

@@ -81,10 +81,17 @@ def run_chain(
     nyud_root, crops_root = roots
     options = {**data_options(crops_root, ("train", "test")), **(pretrain_options or {})}
     pretrain = train_and_test(pretrain_config, pretrain_dir, options, f"pretrain_{name}", timer)
-    options = {
-        **data_options(nyud_root, ("train", "test")),
-        "model.backbone.pretrained": str(last_checkpoint(pretrain_dir)),
-        **(transfer_options or {}),
-    }
+    options = transfer_cfg_options(nyud_root, pretrain_dir, transfer_options)
     transfer = train_and_test(transfer_config, transfer_dir, options, name, timer)
     return dict(pretrain=pretrain, transfer=transfer)
+
+
+def transfer_cfg_options(nyud_root: Path, pretrain_dir: Path, extra: dict | None = None) -> dict:
+    """The transfer's ``--cfg-options`` in a chain: the NYUD tree, the pretrained backbone of
+    ``pretrain_dir``, then ``extra``. An export of the transfer model is identified by its
+    resolved config, so whatever runs that export again must pass these same options."""
+    return {
+        **data_options(nyud_root, ("train", "test")),
+        "model.backbone.pretrained": str(last_checkpoint(pretrain_dir)),
+        **(extra or {}),
+    }

@@ -7,7 +7,10 @@ Ctrl-C continues where it stopped; a stage cut mid-training resumes from its che
    (regenerated when the data folder was made with other settings);
 2. for CMIM on and off, the pretrain -> transfer chain (:func:`run_chain`): pretrain the binary
    ResNet-18 on the crops, evaluate top-1, train the frozen-backbone DeepLab heads, evaluate;
-3. write the report (table, Fig. 5, qualitative grid), the paper's analysis figures of the two
+3. deploy the CMIM transfer model (:func:`deploy_cmim`): export it whole to OpenVINO, evaluate
+   that IR on the test split with the same metrics, and run ``cmim-dense infer`` with it on
+   the first test frames;
+4. write the report (table, Fig. 5, qualitative grid), the paper's analysis figures of the two
    pretrained backbones (t-SNE, similarity matrices, per-layer MI bound), and compare with
    trivial baselines.
 
@@ -26,13 +29,23 @@ from pathlib import Path
 
 from mmengine.config import Config
 
+from cmim_dense.apis import infer_to_folder
+from cmim_dense.deploy.runtime import STAMP
 from cmim_dense.engine.analysis import analyze
 from cmim_dense.engine.config import resolve_config
+from cmim_dense.engine.export import export_config
+from cmim_dense.engine.runs import test
 from cmim_dense.evaluation.baselines import majority_class_baseline, mean_depth_baseline
-from cmim_dense.evaluation.report import build_report, read_run_metrics
+from cmim_dense.evaluation.report import METRICS_FILE, build_report, read_run_metrics
 from cmim_dense.nyud_io.convert import prepare_nyud
 from cmim_dense.nyud_io.synth import generate_synth_nyud
-from cmim_dense.pipelines.chain import StageTimer, data_options, last_checkpoint, run_chain
+from cmim_dense.pipelines.chain import (
+    StageTimer,
+    data_options,
+    last_checkpoint,
+    run_chain,
+    transfer_cfg_options,
+)
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_json_atomic
 
@@ -42,6 +55,7 @@ DATA_STAMP = "synth_settings.json"
 RUN_STAMP = "demo_settings.json"
 PRETRAIN_CONFIG = "demo/pretrain_crops.py"  # configs of the package (resolve_config)
 TRANSFER_CONFIG = "demo/nyud_synth.py"
+INFER_FRAMES = 4  # test frames the demo runs `cmim-dense infer` on, with the exported model
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,50 @@ def _chain_stages(
     return timer.stages
 
 
+def deploy_cmim(settings: DemoSettings, roots: tuple[Path, Path], timer: StageTimer) -> dict:
+    """Export the CMIM transfer model whole (fp32, the config's static input size), evaluate the
+    IR on the test split (``transfer_cmim_ir/metrics.json``) and write ``cmim-dense infer``
+    outputs of the first :data:`INFER_FRAMES` test frames with it (``infer_cmim/``). An export
+    or an evaluation already there is reused. Returns the IR's test metrics record."""
+    config = str(settings.transfer_config)
+    checkpoint = str(last_checkpoint(settings.work_dir / "transfer_cmim"))
+    options = transfer_cfg_options(roots[0], settings.work_dir / "pretrain_cmim")
+    export_dir = settings.work_dir / "export_cmim"
+    if not (export_dir / STAMP).is_file():
+        timer.run(
+            "cmim: export whole to OpenVINO",
+            export_config,
+            config,
+            checkpoint,
+            export_dir,
+            cfg_options=options,
+        )
+    ir_dir = settings.work_dir / "transfer_cmim_ir"
+    if not (ir_dir / METRICS_FILE).is_file():
+        timer.run(
+            "cmim: test the exported model",
+            test,
+            config,
+            checkpoint,
+            str(ir_dir),
+            options,
+            name="cmim_ir",
+            ir=str(export_dir),
+        )
+    frames = sorted((roots[0] / "images" / "test").glob("*.png"))[:INFER_FRAMES]
+    timer.run(
+        f"cmim: infer {len(frames)} test frames",
+        infer_to_folder,
+        config,
+        checkpoint,
+        [str(f) for f in frames],
+        settings.work_dir / "infer_cmim",
+        ir=str(export_dir),
+        cfg_options=options,
+    )
+    return read_run_metrics(ir_dir)
+
+
 def run_demo(settings: DemoSettings) -> dict:
     """Run every stage; returns a summary with the targets' outcome and the stage times."""
     timer = StageTimer()
@@ -187,6 +245,7 @@ def run_demo(settings: DemoSettings) -> dict:
     else:
         stages = [_chain_stages(*job) for job in jobs]
     timer.stages.extend(stage for chain in stages for stage in chain)
+    deployed = deploy_cmim(settings, roots, timer)
     report_dir = settings.work_dir / "report"
     timer.run("report", build_report, list(run_dirs.values()), report_dir)
     timer.run(
@@ -221,6 +280,13 @@ def run_demo(settings: DemoSettings) -> dict:
                 and metrics["rmse"] <= RMSE_FRACTION_TARGET * depth_ref["rmse"]
             ),
         )
+    summary["runs"]["cmim"]["deployed"] = dict(
+        mIoU=deployed["metrics"]["mIoU"],
+        rmse=deployed["metrics"]["rmse"],
+        precision=deployed["run"]["precision"],
+        export=str(settings.work_dir / "export_cmim"),
+        reference_backend=read_run_metrics(run_dirs["cmim"])["run"]["backend"],
+    )
     return summary
 
 
@@ -243,4 +309,17 @@ def format_summary(summary: dict) -> str:
             f"  {name:9s} top-1 {run['top1']:5.1f} %  mIoU {run['mIoU']:5.1f} %  "
             f"RMSE {run['rmse']:.3f} m  -log RMSE {run['neg_log_rmse']:.3f}  {verdict}"
         )
+        if "deployed" in run:
+            lines.append(_deployed_line(run))
     return "\n".join(lines)
+
+
+def _deployed_line(run: dict) -> str:
+    """The exported model's figures beside the PyTorch-head run's, as differences."""
+    ir = run["deployed"]
+    return (
+        f"    exported ({ir['precision']}, whole model in OpenVINO): mIoU {ir['mIoU']:5.1f} %  "
+        f"RMSE {ir['rmse']:.3f} m; minus PyTorch heads on the {ir['reference_backend']} "
+        f"backbone: mIoU {ir['mIoU'] - run['mIoU']:+.2f}, "
+        f"RMSE {100 * (ir['rmse'] / run['rmse'] - 1):+.2f} %"
+    )
