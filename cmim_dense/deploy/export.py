@@ -231,6 +231,18 @@ def _feature_errors(outputs: tuple[Tensor, ...], reference: tuple[Tensor, ...]) 
     }
 
 
+def _record_header(info: dict | None, int8_heads: bool, input_size: tuple[int, int]) -> dict:
+    """The first fields of ``export.json``: its format, ``info``, the precision, the static
+    input shape and how to compile the IRs."""
+    return dict(
+        format=EXPORT_FORMAT,
+        **(info or {}),
+        precision="int8_heads" if int8_heads else "fp32",
+        input_shape=[1, 3, *input_size],
+        compile=dict(properties=COMPILE_PROPERTIES, why=COMPILE_NOTE),
+    )
+
+
 def _dense_irs(
     model: MultiTaskDense,
     ir: ov.Model,
@@ -322,13 +334,7 @@ def export_model(
     ir, counts = backbone_ir(backbone, image)
     backbone_engine = OpenVINOBackbone(ir)
     errors = _feature_errors(backbone_engine(image), reference)
-    record = dict(
-        format=EXPORT_FORMAT,
-        **(info or {}),
-        precision="int8_heads" if calibration is not None else "fp32",
-        input_shape=[1, 3, *input_size],
-        compile=dict(properties=COMPILE_PROPERTIES, why=COMPILE_NOTE),
-    )
+    record = _record_header(info, calibration is not None, input_size)
     full = heads = None
     if dense:
         heads, full, engine = _dense_irs(model, ir, backbone_engine, reference, calibration)
