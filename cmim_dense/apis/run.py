@@ -87,18 +87,7 @@ def infer_to_folder(
     has_seg = inferencer.cfg.model.get("seg_head") is not None
     if has_seg and inferencer.classes:
         write_legend(out_dir / LEGEND_FILE, inferencer.classes)
-    total = 0
-    for source in sources:
-        if source.is_video:
-            try:
-                capture, _, count = open_video(source.path)
-            except UnreadableInputError:
-                count = 0  # reported when its turn comes
-            else:
-                capture.release()
-            total += count
-        else:
-            total += 1
+    total = _frame_count(sources)
     failed = len(problems)
     counter = _Counter()
     start = time.perf_counter()
@@ -108,11 +97,7 @@ def infer_to_folder(
                 if source.is_video:
                     _video(inferencer, source, out_dir, overlay, counter, bar)
                 else:
-                    rgb = read_image(source.path)
-                    result = counter.predict(inferencer, rgb)
-                    vrange = valid_depth_range([result.depth])
-                    write_frame(out_dir, source.name, rgb, result, vrange, overlay)
-                    bar.update(1)
+                    _image(inferencer, source, out_dir, overlay, counter, bar)
             except UnreadableInputError as err:
                 failed += 1
                 tqdm.write(f"error: cannot read {err}", file=sys.stderr)
@@ -126,6 +111,40 @@ def infer_to_folder(
         print(f"error: {failed} input(s) could not be read", file=sys.stderr)
         return UNREADABLE_EXIT
     return 0
+
+
+def _frame_count(sources: Sequence[Source]) -> int:
+    """Frames to predict, for the progress bar: one per image, a video's frame count (0 for a
+    video that cannot be opened)."""
+    total = 0
+    for source in sources:
+        if source.is_video:
+            try:
+                capture, _, count = open_video(source.path)
+            except UnreadableInputError:
+                count = 0  # reported when its turn comes
+            else:
+                capture.release()
+            total += count
+        else:
+            total += 1
+    return total
+
+
+def _image(
+    inferencer: DenseInferencer,
+    source: Source,
+    out_dir: Path,
+    overlay: bool,
+    counter: _Counter,
+    bar,
+) -> None:
+    """One image as ``NAME`` files, in its own depth range."""
+    rgb = read_image(source.path)
+    result = counter.predict(inferencer, rgb)
+    vrange = valid_depth_range([result.depth])
+    write_frame(out_dir, source.name, rgb, result, vrange, overlay)
+    bar.update(1)
 
 
 def _video(

@@ -220,6 +220,75 @@ def quantize_heads(heads: ov.Model, features: list[tuple[np.ndarray, ...]]) -> o
     return nncf.quantize(heads, nncf.Dataset(features), subset_size=len(features))
 
 
+def _feature_errors(outputs: tuple[Tensor, ...], reference: tuple[Tensor, ...]) -> dict:
+    """The IR's backbone ``outputs`` against PyTorch's ``reference`` (each (1, C_i, h_i, w_i)):
+    the largest relative L2 error and the largest absolute difference over the outputs."""
+    return {
+        "feature_relative_l2": max(
+            _relative_error(o.numpy(), r.numpy()) for o, r in zip(outputs, reference)
+        ),
+        "feature_max_abs": max(float((o - r).abs().max()) for o, r in zip(outputs, reference)),
+    }
+
+
+def _record_header(info: dict | None, int8_heads: bool, input_size: tuple[int, int]) -> dict:
+    """The first fields of ``export.json``: its format, ``info``, the precision, the static
+    input shape and how to compile the IRs."""
+    return dict(
+        format=EXPORT_FORMAT,
+        **(info or {}),
+        precision="int8_heads" if int8_heads else "fp32",
+        input_shape=[1, 3, *input_size],
+        compile=dict(properties=COMPILE_PROPERTIES, why=COMPILE_NOTE),
+    )
+
+
+def _dense_irs(
+    model: MultiTaskDense,
+    ir: ov.Model,
+    backbone_engine: OpenVINOBackbone,
+    reference: tuple[Tensor, ...],
+    calibration: np.ndarray | None,
+) -> tuple[ov.Model, ov.Model | None, OpenVINOBackbone | ChainedModel]:
+    """The heads IR, the whole-model IR (None with INT8 heads) and the engine that runs them
+    from an image; ``calibration`` (N, 3, H, W) frames make the heads INT8 on the backbone
+    IR's features of them."""
+    heads = heads_ir(model, reference)
+    if calibration is not None:
+        features = [
+            tuple(f.numpy() for f in backbone_engine(torch.from_numpy(frame[None])))
+            for frame in np.asarray(calibration, np.float32)
+        ]
+        heads = quantize_heads(heads, features)
+        return heads, None, ChainedModel(ir, heads)
+    full = dense_ir(model, ir, reference, heads)
+    return heads, full, OpenVINOBackbone(full)
+
+
+def _save_irs(folder: Path, ir: ov.Model, full: ov.Model | None, heads: ov.Model | None) -> None:
+    """Write backbone.xml/.bin into ``folder``, and model.xml/.bin (the whole model) or else
+    heads.xml/.bin (INT8 heads) where there is one."""
+    ov.save_model(ir, folder / "backbone.xml", compress_to_fp16=False)
+    if full is not None:
+        ov.save_model(full, folder / "model.xml", compress_to_fp16=False)
+    elif heads is not None:
+        ov.save_model(heads, folder / "heads.xml", compress_to_fp16=False)
+
+
+def _size_fields(folder: Path, backbone: nn.Module, counts: dict) -> dict:
+    """The record's layer counts and sizes: the backbone IR's weight file in ``folder`` against
+    the backbone's fp32 state dict, both in bytes."""
+    ir_bytes = (folder / "backbone.bin").stat().st_size
+    fp32_bytes = _state_bytes(backbone)
+    return dict(
+        binary_convs=counts["binary_convs"],
+        float_convs=counts["float_convs"],
+        ir_weight_bytes=ir_bytes,
+        fp32_state_dict_bytes=fp32_bytes,
+        size_ratio=fp32_bytes / ir_bytes,
+    )
+
+
 def export_model(
     model: nn.Module,
     out_dir: str | os.PathLike,
@@ -264,33 +333,11 @@ def export_model(
     reference = backbone_features(backbone, image)
     ir, counts = backbone_ir(backbone, image)
     backbone_engine = OpenVINOBackbone(ir)
-    outputs = backbone_engine(image)
-    errors = {
-        "feature_relative_l2": max(
-            _relative_error(o.numpy(), r.numpy()) for o, r in zip(outputs, reference)
-        ),
-        "feature_max_abs": max(float((o - r).abs().max()) for o, r in zip(outputs, reference)),
-    }
-    record = dict(
-        format=EXPORT_FORMAT,
-        **(info or {}),
-        precision="int8_heads" if calibration is not None else "fp32",
-        input_shape=[1, 3, *input_size],
-        compile=dict(properties=COMPILE_PROPERTIES, why=COMPILE_NOTE),
-    )
+    errors = _feature_errors(backbone_engine(image), reference)
+    record = _record_header(info, calibration is not None, input_size)
     full = heads = None
     if dense:
-        heads = heads_ir(model, reference)
-        if calibration is not None:
-            features = [
-                tuple(f.numpy() for f in backbone_engine(torch.from_numpy(frame[None])))
-                for frame in np.asarray(calibration, np.float32)
-            ]
-            heads = quantize_heads(heads, features)
-            engine = ChainedModel(ir, heads)
-        else:
-            full = dense_ir(model, ir, reference, heads)
-            engine = OpenVINOBackbone(full)
+        heads, full, engine = _dense_irs(model, ir, backbone_engine, reference, calibration)
         errors.update(_dense_errors(model, engine, image, reference))
         if frames is not None and len(frames):
             record["agreement"] = frame_agreement(model, engine, frames)
@@ -298,19 +345,9 @@ def export_model(
 
     tmp = _stage_dir(out_dir)
     try:
-        ov.save_model(ir, tmp / "backbone.xml", compress_to_fp16=False)
-        if full is not None:
-            ov.save_model(full, tmp / "model.xml", compress_to_fp16=False)
-        elif heads is not None:
-            ov.save_model(heads, tmp / "heads.xml", compress_to_fp16=False)
-        ir_bytes = (tmp / "backbone.bin").stat().st_size
-        fp32_bytes = _state_bytes(backbone)
+        _save_irs(tmp, ir, full, heads)
         record.update(
-            binary_convs=counts["binary_convs"],
-            float_convs=counts["float_convs"],
-            ir_weight_bytes=ir_bytes,
-            fp32_state_dict_bytes=fp32_bytes,
-            size_ratio=fp32_bytes / ir_bytes,
+            **_size_fields(tmp, backbone, counts),
             output_stride=round(image.shape[-1] / reference[-1].shape[-1]),
             input_size=list(input_size),
             outputs=[list(r.shape[1:]) for r in reference],

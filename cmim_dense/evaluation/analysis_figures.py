@@ -139,35 +139,8 @@ def layers_figure(
         axes[0].plot(x, entry_info[i], **style)
         axes[1].plot(x, np.maximum(mi_gaps[i], GAP_FLOOR), **style)
         axes[2].plot(x, plus_fractions[i], **style)
-    axes[0].axhline(1.0, color="grey", ls="--", lw=0.8)
-    axes[0].set_ylim(top=1.02)
-    axes[0].set_ylabel("bits per entry (at most 1)")
-    axes[0].set_title("(a) information per binary entry, H(a_B^d) = I(a_B^d; a_F^d)", fontsize=10)
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel(f"nats (floor {GAP_FLOOR:g})")
-    axes[1].set_title("(b) Eq. 9 bound: gap to its log(N-1) ceiling, -E_pos[log h]", fontsize=10)
-    axes[2].axhline(0.5, color="grey", ls=":", lw=0.8)
-    axes[2].set_ylim(0.0, 1.0)
-    axes[2].set_ylabel("fraction")
-    axes[2].set_title("(c) fraction of +1 activations", fontsize=10)
-    if flips:
-        for label, rate, later in flips:  # coloured as the later checkpoint
-            axes[3].plot(x, rate, color=line_colours[later], marker="o", ms=4, label=label)
-        axes[3].set_ylim(bottom=0.0)
-        axes[3].set_ylabel("fraction")
-        axes[3].set_title("(d) sign-flip rate, consecutive checkpoints of one run", fontsize=10)
-        axes[3].legend(fontsize=7, loc="best")
-    else:
-        axes[3].set_axis_off()
-        axes[3].text(
-            0.5,
-            0.5,
-            "(d) sign flips need 2 or more checkpoints of one run\n"
-            "(files of one folder, in training order); runs are not compared",
-            ha="center",
-            va="center",
-            fontsize=9,
-        )
+    _label_layer_panels(axes[:3])
+    _flip_panel(axes[3], x, flips, line_colours)
     for ax in axes[: 4 if flips else 3]:
         ax.set_xticks(x, layer_labels, fontsize=8)
         ax.set_xlabel("tapped layer: last binary conv of stage", fontsize=8)
@@ -187,6 +160,44 @@ def layers_figure(
         fontsize=7,
     )
     return fig
+
+
+def _label_layer_panels(axes: Sequence) -> None:
+    """Reference lines, limits, units and titles of :func:`layers_figure`'s panels (a)-(c)."""
+    axes[0].axhline(1.0, color="grey", ls="--", lw=0.8)
+    axes[0].set_ylim(top=1.02)
+    axes[0].set_ylabel("bits per entry (at most 1)")
+    axes[0].set_title("(a) information per binary entry, H(a_B^d) = I(a_B^d; a_F^d)", fontsize=10)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel(f"nats (floor {GAP_FLOOR:g})")
+    axes[1].set_title("(b) Eq. 9 bound: gap to its log(N-1) ceiling, -E_pos[log h]", fontsize=10)
+    axes[2].axhline(0.5, color="grey", ls=":", lw=0.8)
+    axes[2].set_ylim(0.0, 1.0)
+    axes[2].set_ylabel("fraction")
+    axes[2].set_title("(c) fraction of +1 activations", fontsize=10)
+
+
+def _flip_panel(ax, x: np.ndarray, flips: Sequence[tuple[str, np.ndarray, int]], colours) -> None:
+    """Panel (d) of :func:`layers_figure`: each sign-flip rate (K,) at layer positions ``x``
+    (K,), in ``colours[later]``; without ``flips``, the panel off with a note saying why."""
+    if flips:
+        for label, rate, later in flips:  # coloured as the later checkpoint
+            ax.plot(x, rate, color=colours[later], marker="o", ms=4, label=label)
+        ax.set_ylim(bottom=0.0)
+        ax.set_ylabel("fraction")
+        ax.set_title("(d) sign-flip rate, consecutive checkpoints of one run", fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.set_axis_off()
+        ax.text(
+            0.5,
+            0.5,
+            "(d) sign flips need 2 or more checkpoints of one run\n"
+            "(files of one folder, in training order); runs are not compared",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
 
 
 def _line_colours(num: int) -> list:

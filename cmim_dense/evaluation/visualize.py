@@ -22,7 +22,7 @@ so that reports can draw them later without the model.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,7 +314,36 @@ def qualitative_figure(
         # (x, y) = top-left corner in inches from the figure's top-left -> figure fractions
         return x / fig_w, 1 - (y + h) / fig_h, w / fig_w, h / fig_h
 
-    y = top
+    _draw_tiles(fig, rect, panels, row_h, (left, top), tile_inches, row_labels)
+    key_y = top + grid_h + 0.15
+    has_depth = any(d is not None for d in depths)
+    notes = _key_notes(arrays, has_depth)
+    fig.text(left / fig_w, 1 - key_y / fig_h, notes, fontsize=_FONT, va="top")
+    if has_depth:
+        bar_x = left + 3 * (tile_inches + _GAP)
+        _depth_bar(fig, rect(bar_x, key_y, 2 * tile_inches + _GAP, _BAR_H), vrange)
+    if legend:
+        legend.set_bbox_to_anchor((0.5, 1 - (top + grid_h + _KEY_H) / fig_h), fig.transFigure)
+    if title:
+        fig.suptitle(title, y=1 - _MARGIN / fig_h, va="top", fontsize=11)
+    return fig
+
+
+def _draw_tiles(
+    fig: Figure,
+    rect: Callable,
+    panels: Sequence[np.ndarray],
+    row_h: Sequence[float],
+    corner: tuple[float, float],
+    tile_inches: float,
+    row_labels: Sequence[str] | None,
+) -> None:
+    """One row of tile Axes per panel (h, ncols * w, 3) from ``corner`` (x, y), the grid's
+    top-left in inches; rows ``row_h`` inches high, ``_GAP`` apart; column titles over the
+    first row and each row's label left of its first tile. ``rect`` maps an (x, y, w, h)
+    inch box from the figure's top-left to figure fractions."""
+    ncols = len(PANEL_TITLES)
+    left, y = corner
     for r, (panel, h) in enumerate(zip(panels, row_h)):
         for c, tile in enumerate(np.split(panel, ncols, axis=1)):
             ax = fig.add_axes(rect(left + c * (tile_inches + _GAP), y, tile_inches, h))
@@ -327,30 +356,29 @@ def qualitative_figure(
             fig.axes[-ncols].set_ylabel(row_labels[r], fontsize=_FONT)
         y += h + _GAP
 
-    key_y = top + grid_h + 0.15
-    has_depth = any(d is not None for d in depths)
+
+def _key_notes(arrays: Sequence[Mapping[str, Any]], has_depth: bool) -> str:
+    """The key's lines on what black and grey mean, only for what the tiles show."""
     notes = []
-    if any(s is not None for s in segs):
+    if any(a[k] is not None for a in arrays for k in ("gt_seg", "pred_seg")):
         notes.append("black in seg tiles: void (unlabelled pixels)")
     if has_depth:
         notes.append("black in depth tiles: invalid / missing depth")
     if any(a[k] is None for a in arrays for k in _ARRAY_KEYS[1:]):
         notes.append("grey tile: task not predicted or no ground truth")
-    fig.text(left / fig_w, 1 - key_y / fig_h, "\n".join(notes), fontsize=_FONT, va="top")
-    if has_depth:
-        bar_x = left + 3 * (tile_inches + _GAP)
-        cax = fig.add_axes(rect(bar_x, key_y, 2 * tile_inches + _GAP, _BAR_H))
-        cax.set_label(DEPTH_BAR_LABEL)
-        bar = fig.colorbar(
-            ScalarMappable(Normalize(*vrange), DEPTH_CMAP), cax=cax, orientation="horizontal"
-        )
-        bar.set_label("depth (m), one range for every depth tile", fontsize=_FONT)
-        cax.tick_params(labelsize=_FONT)
-    if legend:
-        legend.set_bbox_to_anchor((0.5, 1 - (top + grid_h + _KEY_H) / fig_h), fig.transFigure)
-    if title:
-        fig.suptitle(title, y=1 - _MARGIN / fig_h, va="top", fontsize=11)
-    return fig
+    return "\n".join(notes)
+
+
+def _depth_bar(fig: Figure, bounds: tuple[float, float, float, float], vrange) -> None:
+    """The horizontal depth colour bar over ``vrange`` (m) in a new Axes at ``bounds``
+    (figure fractions), labelled :data:`DEPTH_BAR_LABEL`."""
+    cax = fig.add_axes(bounds)
+    cax.set_label(DEPTH_BAR_LABEL)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(*vrange), DEPTH_CMAP), cax=cax, orientation="horizontal"
+    )
+    bar.set_label("depth (m), one range for every depth tile", fontsize=_FONT)
+    cax.tick_params(labelsize=_FONT)
 
 
 def _class_legend(fig: Figure, classes: list[int], max_width: float):

@@ -136,6 +136,44 @@ def _refresh_log_z_ready(loss: CMIMLoss, incompatible_keys) -> None:
     loss._log_z_ready = [not bool(v) for v in torch.isnan(loss.log_z)]
 
 
+def _checked_args(
+    in_dims: Sequence[int | tuple[int, int]],
+    tau: float,
+    beta: float,
+    critic: str,
+    n_nce: int | None,
+    bank: str,
+    num_data: int | None,
+    negatives: str,
+) -> tuple[list[tuple[int, int]], int]:
+    """:class:`CMIMLoss`'s arguments checked: the (D_F, D_B) pair of each layer and ``n_nce``
+    with its per-critic default. Raises InputError on the first bad argument."""
+    dims = [(int(d[0]), int(d[1])) if isinstance(d, Sequence) else (int(d),) * 2 for d in in_dims]
+    if not dims or min(min(d) for d in dims) < 1:
+        raise InputError(f"in_dims must be a non-empty list of positive ints, got {in_dims}")
+    if critic not in CRITICS:
+        raise InputError(f"critic must be one of {CRITICS}, got {critic!r}")
+    if critic == "flip" and any(d_real != d_bin for d_real, d_bin in dims):
+        raise InputError(f"the flip critic needs a_F and a_B of one width, got {in_dims}")
+    if negatives not in NEGATIVES:
+        raise InputError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    if bank not in BANKS:
+        raise InputError(f"bank must be one of {BANKS}, got {bank!r}")
+    if tau <= 0 or beta <= 0:
+        raise InputError(f"tau and beta must be positive, got tau={tau}, beta={beta}")
+    n_nce = (16384 if critic == "embed" else 0) if n_nce is None else int(n_nce)
+    if n_nce < 0:
+        raise InputError(f"n_nce must be >= 0, got {n_nce}")
+    if n_nce and bank == "momentum":
+        if critic != "embed":
+            raise InputError("bank='momentum' needs critic='embed'; use bank='queue' for flip")
+        if num_data is None:
+            raise InputError("bank='momentum' needs num_data (the dataset size)")
+    if num_data is not None and num_data < 1:
+        raise InputError(f"num_data must be >= 1, got {num_data}")
+    return dims, n_nce
+
+
 @MODELS.register_module()
 class CMIMLoss(nn.Module):
     """Layer-wise CMIM contrastive loss (Eq. 14 without lambda; to minimise).
@@ -226,32 +264,7 @@ class CMIMLoss(nn.Module):
         negatives: str = "instance",
     ):
         super().__init__()
-        dims = [
-            (int(d[0]), int(d[1])) if isinstance(d, Sequence) else (int(d),) * 2 for d in in_dims
-        ]
-        if not dims or min(min(d) for d in dims) < 1:
-            raise InputError(f"in_dims must be a non-empty list of positive ints, got {in_dims}")
-        if critic not in CRITICS:
-            raise InputError(f"critic must be one of {CRITICS}, got {critic!r}")
-        if critic == "flip" and any(d_real != d_bin for d_real, d_bin in dims):
-            raise InputError(f"the flip critic needs a_F and a_B of one width, got {in_dims}")
-        if negatives not in NEGATIVES:
-            raise InputError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-        if bank not in BANKS:
-            raise InputError(f"bank must be one of {BANKS}, got {bank!r}")
-        if tau <= 0 or beta <= 0:
-            raise InputError(f"tau and beta must be positive, got tau={tau}, beta={beta}")
-        n_nce = (16384 if critic == "embed" else 0) if n_nce is None else int(n_nce)
-        if n_nce < 0:
-            raise InputError(f"n_nce must be >= 0, got {n_nce}")
-        if n_nce and bank == "momentum":
-            if critic != "embed":
-                raise InputError("bank='momentum' needs critic='embed'; use bank='queue' for flip")
-            if num_data is None:
-                raise InputError("bank='momentum' needs num_data (the dataset size)")
-        if num_data is not None and num_data < 1:
-            raise InputError(f"num_data must be >= 1, got {num_data}")
-
+        dims, n_nce = _checked_args(in_dims, tau, beta, critic, n_nce, bank, num_data, negatives)
         self.dims = dims
         self.tau = float(tau)
         self.beta = float(beta)
@@ -270,22 +283,26 @@ class CMIMLoss(nn.Module):
             self.embed_B = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for _, d in dims)
             self.embed_F = nn.ModuleList(_Projection(d, hidden_dim, embed_dim) for d, _ in dims)
         if n_nce:
-            rows = n_nce if bank == "queue" else num_data
-            for k, (d, _) in enumerate(dims):
-                key_dim = embed_dim if critic == "embed" else d
-                self.register_buffer(f"bank_{k}", torch.zeros(rows, key_dim))
-                self.register_buffer(f"bank_index_{k}", torch.full((rows,), -1, dtype=torch.long))
-                if negatives == "class":
-                    self.register_buffer(
-                        f"bank_label_{k}", torch.full((rows,), -1, dtype=torch.long)
-                    )
-            if bank == "queue":
-                self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
+            self._register_banks(embed_dim)
         if z_norm:
             self.register_buffer("log_z", torch.full((len(dims),), float("nan")))
             # Which constants are measured, kept on the host: no device read per step.
             self._log_z_ready: list[bool] = [False] * len(dims)
             self.register_load_state_dict_post_hook(_refresh_log_z_ready)
+
+    def _register_banks(self, embed_dim: int) -> None:
+        """Empty banks per layer: keys (rows, key_dim), dataset indices and, for class
+        negatives, labels (rows,) at -1; rows = n_nce for the queue (plus its write pointer),
+        num_data for the momentum memory."""
+        rows = self.n_nce if self.bank == "queue" else self.num_data
+        for k, (d, _) in enumerate(self.dims):
+            key_dim = embed_dim if self.critic == "embed" else d
+            self.register_buffer(f"bank_{k}", torch.zeros(rows, key_dim))
+            self.register_buffer(f"bank_index_{k}", torch.full((rows,), -1, dtype=torch.long))
+            if self.negatives == "class":
+                self.register_buffer(f"bank_label_{k}", torch.full((rows,), -1, dtype=torch.long))
+        if self.bank == "queue":
+            self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
 
     @property
     def num_layers(self) -> int:

@@ -131,63 +131,60 @@ def _err(stat: dict) -> float:
     return 0.0 if math.isnan(stat["std"]) else stat["std"]
 
 
-def figure(result: dict, title_note: str = "") -> Figure:
-    """Fig. 5 of :func:`sweep_fig5`'s record (module docstring)."""
-    fig = Figure(figsize=(8.0, 6.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    entries = [e for g in result["groups"] for e in ([g["reference"]] if g["reference"] else [])]
-    entries += [e for g in result["groups"] for e in g["cmim"]]
-    sizes, legend_sizes = dot_sizes([e["top1"]["mean"] for e in entries])
-    area = {id(e): s for e, s in zip(entries, sizes)}
-    colours = matplotlib.colormaps["tab10"].colors
-    handles = []
-    for i, group in enumerate(result["groups"]):
-        colour = colours[i % len(colours)]
-        ref = group["reference"]
-        for entry in ([ref] if ref else []) + group["cmim"]:
-            x, y = entry["neg_log_rmse"], entry["mIoU"]
-            baseline = entry is ref
-            ax.errorbar(
-                x["mean"], y["mean"], xerr=_err(x), yerr=_err(y), color=colour, lw=1, capsize=3
-            )
-            ax.scatter(
-                x["mean"],
-                y["mean"],
-                s=area[id(entry)],
-                facecolors="white" if baseline else colour,
-                edgecolors=colour,
-                linewidths=1.8,
-                zorder=3,
-            )
-            if ref and not baseline:
-                # each seed's pair, faint: the paired differences the table counts
-                for x0, y0, x1, y1 in zip(
-                    ref["neg_log_rmse"]["values"], ref["mIoU"]["values"], x["values"], y["values"]
-                ):
-                    ax.plot([x0, x1], [y0, y1], color=colour, lw=0.8, ls=":", alpha=0.6)
-                    ax.scatter([x0], [y0], s=12, facecolors="white", edgecolors=colour, alpha=0.6)
-                    ax.scatter([x1], [y1], s=12, color=colour, alpha=0.6)
-                radius = {key: math.sqrt(area[key]) / 2 for key in (id(ref), id(entry))}
-                ax.annotate(
-                    "",
-                    (x["mean"], y["mean"]),
-                    (ref["neg_log_rmse"]["mean"], ref["mIoU"]["mean"]),
-                    arrowprops=dict(
-                        arrowstyle="-|>",
-                        color=colour,
-                        lw=1.8,
-                        shrinkA=radius[id(ref)],
-                        shrinkB=radius[id(entry)],
-                    ),
-                    zorder=4,
-                )
-        handles.append(Line2D([], [], ls="", marker="o", color=colour, label=group["name"]))
-    handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="grey", label="lambda = 0"))
+def _plot_setting(ax, entry: dict, colour, area: float, baseline: bool) -> None:
+    """One setting's dot (``area`` in points^2; hollow for lambda = 0) at its mean
+    (-log RMSE, mIoU %) with error bars of one standard deviation over seeds."""
+    x, y = entry["neg_log_rmse"], entry["mIoU"]
+    ax.errorbar(x["mean"], y["mean"], xerr=_err(x), yerr=_err(y), color=colour, lw=1, capsize=3)
+    ax.scatter(
+        x["mean"],
+        y["mean"],
+        s=area,
+        facecolors="white" if baseline else colour,
+        edgecolors=colour,
+        linewidths=1.8,
+        zorder=3,
+    )
+
+
+def _plot_pairs(ax, ref: dict, entry: dict, colour, area: dict) -> None:
+    """Each seed's (lambda = 0, CMIM) pair as small dots joined by a dotted line, and an arrow
+    between the means that stops at the dots' edges (``area``: dot area by ``id`` of entry)."""
+    x, y = entry["neg_log_rmse"], entry["mIoU"]
+    # each seed's pair, faint: the paired differences the table counts
+    for x0, y0, x1, y1 in zip(
+        ref["neg_log_rmse"]["values"], ref["mIoU"]["values"], x["values"], y["values"]
+    ):
+        ax.plot([x0, x1], [y0, y1], color=colour, lw=0.8, ls=":", alpha=0.6)
+        ax.scatter([x0], [y0], s=12, facecolors="white", edgecolors=colour, alpha=0.6)
+        ax.scatter([x1], [y1], s=12, color=colour, alpha=0.6)
+    radius = {key: math.sqrt(area[key]) / 2 for key in (id(ref), id(entry))}
+    ax.annotate(
+        "",
+        (x["mean"], y["mean"]),
+        (ref["neg_log_rmse"]["mean"], ref["mIoU"]["mean"]),
+        arrowprops=dict(
+            arrowstyle="-|>",
+            color=colour,
+            lw=1.8,
+            shrinkA=radius[id(ref)],
+            shrinkB=radius[id(entry)],
+        ),
+        zorder=4,
+    )
+
+
+def _legends(ax, result: dict, group_handles: list, legend_sizes) -> None:
+    """The legend of groups (``group_handles``, one per group) and markers, and the legend of
+    dot sizes for pretraining top-1 (%) where there is one."""
     lams = sorted({e["setting"][LAMBDA_KEY] for g in result["groups"] for e in g["cmim"]})
     cmim = ", ".join(f"{v:g}" for v in lams)
-    handles.append(Line2D([], [], ls="", marker="o", color="grey", label=f"CMIM, lambda = {cmim}"))
-    handles.append(Line2D([], [], ls=":", color="grey", label="one seed: lambda = 0 to CMIM"))
+    handles = [
+        *group_handles,
+        Line2D([], [], ls="", marker="o", mfc="white", mec="grey", label="lambda = 0"),
+        Line2D([], [], ls="", marker="o", color="grey", label=f"CMIM, lambda = {cmim}"),
+        Line2D([], [], ls=":", color="grey", label="one seed: lambda = 0 to CMIM"),
+    ]
     first = ax.legend(handles=handles, loc="upper left", fontsize=8, title="binarizer")
     ax.add_artist(first)
     size_handles = [
@@ -203,6 +200,29 @@ def figure(result: dict, title_note: str = "") -> Figure:
             labelspacing=1.3,
             borderpad=0.9,
         )
+
+
+def figure(result: dict, title_note: str = "") -> Figure:
+    """Fig. 5 of :func:`sweep_fig5`'s record (module docstring)."""
+    fig = Figure(figsize=(8.0, 6.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    entries = [e for g in result["groups"] for e in ([g["reference"]] if g["reference"] else [])]
+    entries += [e for g in result["groups"] for e in g["cmim"]]
+    sizes, legend_sizes = dot_sizes([e["top1"]["mean"] for e in entries])
+    area = {id(e): s for e, s in zip(entries, sizes)}
+    colours = matplotlib.colormaps["tab10"].colors
+    handles = []
+    for i, group in enumerate(result["groups"]):
+        colour = colours[i % len(colours)]
+        ref = group["reference"]
+        for entry in ([ref] if ref else []) + group["cmim"]:
+            baseline = entry is ref
+            _plot_setting(ax, entry, colour, area[id(entry)], baseline)
+            if ref and not baseline:
+                _plot_pairs(ax, ref, entry, colour, area)
+        handles.append(Line2D([], [], ls="", marker="o", color=colour, label=group["name"]))
+    _legends(ax, result, handles, legend_sizes)
     ax.margins(0.15)
     ax.set_xlabel("-log RMSE  (RMSE in metres; higher is better)")
     ax.set_ylabel("mIoU (%)  (higher is better)")

@@ -161,6 +161,32 @@ def _stem(stem: str, in_chans: int, channels: int) -> nn.Sequential:
     )
 
 
+def _stage(
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    dilation_pairs: Sequence[tuple[int, int]],
+    binarizer: str | dict,
+    block: str,
+) -> nn.Sequential:
+    """One stage: a :class:`BinaryBasicBlock` per (first, second) conv dilation pair; the
+    first block takes the stride and the change of width, (N, C_in, H, W) ->
+    (N, C_out, H / stride, W / stride)."""
+    return nn.Sequential(
+        *(
+            BinaryBasicBlock(
+                in_channels if j == 0 else out_channels,
+                out_channels,
+                stride if j == 0 else 1,
+                pair,
+                binarizer,
+                block,
+            )
+            for j, pair in enumerate(dilation_pairs)
+        )
+    )
+
+
 # Keys of the classifier, which a headless backbone (num_classes=0) leaves out of a checkpoint.
 CLASSIFIER_PREFIXES = ("fc.", "global_pool.")
 
@@ -250,19 +276,7 @@ class BinaryResNet(BaseModule):
             first = dilation // 2 if contract_dilation and dilation > 1 else dilation
             dilation_pairs = [(first, dilation)] + [(dilation, dilation)] * (num_blocks - 1)
             self.stages.append(
-                nn.Sequential(
-                    *(
-                        BinaryBasicBlock(
-                            in_channels if j == 0 else out_channels,
-                            out_channels,
-                            stride if j == 0 else 1,
-                            pair,
-                            binarizer,
-                            block,
-                        )
-                        for j, pair in enumerate(dilation_pairs)
-                    )
-                )
+                _stage(in_channels, out_channels, stride, dilation_pairs, binarizer, block)
             )
             reduction *= stride
             self.feature_info.append(

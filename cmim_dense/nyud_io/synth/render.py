@@ -129,6 +129,61 @@ def _lines(u: np.ndarray, period: float, width: float) -> np.ndarray:
     return (np.mod(u, period) < width).astype(np.float32)
 
 
+def _room_pattern(obj: SceneObject, u, v, salt) -> np.ndarray:
+    """Brightness modulation (n,) of a wall, ceiling or floor at face coordinates u, v (m)."""
+    p = obj.params
+    if obj.cls == "wall":
+        m = 1 + 0.04 * np.sin(u * 1.7 + salt) * np.sin(v * 2.3 + salt)
+        return m * (1 - 0.08 * (np.mod(u, p["period"]) < p["period"] / 2) * p["stripes"])
+    if obj.cls == "ceiling":
+        return np.ones_like(u) - 0.3 * p["tiles"] * np.maximum(
+            _lines(u, 0.6, 0.025), _lines(v, 0.6, 0.025)
+        )
+    if p["tiles"]:
+        size = 2.5 * p["width"]
+        checker = (np.floor(u / size) + np.floor(v / size)) % 2
+        grout = np.maximum(_lines(u, size, 0.015), _lines(v, size, 0.015))
+        return (0.85 + 0.25 * checker) * (1 - 0.5 * grout)
+    plank = np.floor(u / p["width"])
+    length = 1.2
+    shift = _hash(plank, salt=salt) * length
+    board = np.floor((v + shift) / length)
+    seam = np.maximum(_lines(u, p["width"], 0.012), _lines(v + shift, length, 0.012))
+    grain = 0.06 * np.sin(v * 60 + 8 * _hash(plank, board, salt))
+    return (0.75 + 0.4 * _hash(plank, board, salt) + grain) * (1 - 0.5 * seam)
+
+
+def _door_pattern(p: dict, face_axis, local, half) -> tuple[np.ndarray, np.ndarray]:
+    """Brightness (n,) and mix (n,) of a door: panels, frame and handle on its front, from its
+    box-frame hit points ``local`` (n, 3) and half extents ``half`` (3,), in metres."""
+    front = face_axis == 2
+    x, y = local[:, 0], local[:, 1] + half[1]  # y from the door's bottom
+    hx, hy = half[0], 2 * half[1]
+    margin = 0.1
+    panel_h = (hy - 2 * margin) / p["panels"]
+    inset = (np.abs(x) < hx - margin) & (y > margin) & (y < hy - margin)
+    outline = inset & (np.mod(y - margin, panel_h) < 0.05)
+    edge = inset & (np.abs(np.abs(x) - (hx - margin)) < 0.05)
+    frame = (np.abs(x) > hx - 0.08) | (y > hy - 0.08)
+    handle = (np.abs(x - 0.7 * hx) < 0.03) & (np.abs(y - 1.0) < 0.05)
+    m = 1 - 0.35 * (outline | edge) - 0.5 * handle
+    return np.where(front, m, 0.8), (front & frame).astype(np.float32)
+
+
+def _cabinet_pattern(p: dict, u, face_axis, local, half) -> tuple[np.ndarray, np.ndarray]:
+    """Brightness (n,) and mix (n,) of a cabinet: drawer gaps and knobs on its front, wood grain
+    along ``u`` (m); ``local`` (n, 3) and ``half`` (3,) as for :func:`_door_pattern`."""
+    front = (face_axis == 2) & (local[:, 2] < 0)
+    y = local[:, 1] + half[1]
+    row = 2 * half[1] / p["rows"]
+    gaps = np.maximum(_lines(y, row, 0.02), _lines(local[:, 0] + half[0], half[0], 0.02))
+    knob = (np.abs(np.mod(y, row) - row * 0.8) < 0.025) & (
+        np.abs(np.abs(local[:, 0]) - 0.12) < 0.04
+    )
+    grain = 0.05 * np.sin(u * 40)
+    return np.where(front, 1 - 0.45 * gaps + grain, 0.85 + grain), front * knob
+
+
 def _pattern(obj: SceneObject, role: str, u, v, face_axis, local, half, salt):
     """Brightness modulation (n,) and mix (n,) towards the object's second colour.
 
@@ -137,49 +192,12 @@ def _pattern(obj: SceneObject, role: str, u, v, face_axis, local, half, salt):
     one = np.ones_like(u)
     zero = np.zeros_like(u)
     p = obj.params
-    if obj.cls == "wall":
-        m = 1 + 0.04 * np.sin(u * 1.7 + salt) * np.sin(v * 2.3 + salt)
-        return m * (1 - 0.08 * (np.mod(u, p["period"]) < p["period"] / 2) * p["stripes"]), zero
-    if obj.cls == "ceiling":
-        return one - 0.3 * p["tiles"] * np.maximum(
-            _lines(u, 0.6, 0.025), _lines(v, 0.6, 0.025)
-        ), zero
-    if obj.cls == "floor":
-        if p["tiles"]:
-            size = 2.5 * p["width"]
-            checker = (np.floor(u / size) + np.floor(v / size)) % 2
-            grout = np.maximum(_lines(u, size, 0.015), _lines(v, size, 0.015))
-            return (0.85 + 0.25 * checker) * (1 - 0.5 * grout), zero
-        plank = np.floor(u / p["width"])
-        length = 1.2
-        shift = _hash(plank, salt=salt) * length
-        board = np.floor((v + shift) / length)
-        seam = np.maximum(_lines(u, p["width"], 0.012), _lines(v + shift, length, 0.012))
-        grain = 0.06 * np.sin(v * 60 + 8 * _hash(plank, board, salt))
-        return (0.75 + 0.4 * _hash(plank, board, salt) + grain) * (1 - 0.5 * seam), zero
+    if obj.cls in ("wall", "ceiling", "floor"):
+        return _room_pattern(obj, u, v, salt), zero
     if obj.cls == "door":
-        front = face_axis == 2
-        x, y = local[:, 0], local[:, 1] + half[1]  # y from the door's bottom
-        hx, hy = half[0], 2 * half[1]
-        margin = 0.1
-        panel_h = (hy - 2 * margin) / p["panels"]
-        inset = (np.abs(x) < hx - margin) & (y > margin) & (y < hy - margin)
-        outline = inset & (np.mod(y - margin, panel_h) < 0.05)
-        edge = inset & (np.abs(np.abs(x) - (hx - margin)) < 0.05)
-        frame = (np.abs(x) > hx - 0.08) | (y > hy - 0.08)
-        handle = (np.abs(x - 0.7 * hx) < 0.03) & (np.abs(y - 1.0) < 0.05)
-        m = 1 - 0.35 * (outline | edge) - 0.5 * handle
-        return np.where(front, m, 0.8), (front & frame).astype(np.float32)
+        return _door_pattern(p, face_axis, local, half)
     if obj.cls == "cabinet":
-        front = (face_axis == 2) & (local[:, 2] < 0)
-        y = local[:, 1] + half[1]
-        row = 2 * half[1] / p["rows"]
-        gaps = np.maximum(_lines(y, row, 0.02), _lines(local[:, 0] + half[0], half[0], 0.02))
-        knob = (np.abs(np.mod(y, row) - row * 0.8) < 0.025) & (
-            np.abs(np.abs(local[:, 0]) - 0.12) < 0.04
-        )
-        grain = 0.05 * np.sin(u * 40)
-        return np.where(front, 1 - 0.45 * gaps + grain, 0.85 + grain), front * knob
+        return _cabinet_pattern(p, u, face_axis, local, half)
     if obj.cls == "bed":
         if role == "headboard":
             return 0.9 + 0.08 * np.sin(u * 35), one
