@@ -33,6 +33,8 @@ METHODS = ["adabin", "bireal", "irnet", "lns", "rbnn", "react", "sdbnn", "thresh
 # Binarizers without their own configs train from the IR-Net config with the binarizer swapped.
 SWAPPED = {"ste": "irnet", "xnor": "irnet"}
 ITERS = 24
+# Long enough for every binarizer's CMIM term to stop rising (RBNN, the slowest, peaks later).
+CMIM_ITERS = 96
 
 _spec = importlib.util.spec_from_file_location("train_tool", ROOT / "tools" / "train.py")
 train_tool = importlib.util.module_from_spec(_spec)
@@ -78,21 +80,27 @@ visualizer = dict(name={name!r})
 
 
 def _train(
-    tmp_path: Path, name: str, base: Path, model: dict, dataset: dict, extra: str = ""
+    tmp_path: Path,
+    name: str,
+    base: Path,
+    model: dict,
+    dataset: dict,
+    extra: str = "",
+    iters: int = ITERS,
 ) -> list[dict]:
-    """Train a tiny run derived from config ``base`` via tools/train.py.
+    """Train a tiny run of ``iters`` iterations derived from config ``base`` via tools/train.py.
 
     ``model`` and ``dataset`` are merged into the config's ``model`` and
     ``train_dataloader.dataset``. Returns the per-iteration logged scalars.
     """
     config = tmp_path / f"{name}.py"
-    run = _TINY_RUN.format(model=model, dataset=dataset, iters=ITERS, name=name)
+    run = _TINY_RUN.format(model=model, dataset=dataset, iters=iters, name=name)
     config.write_text(f"_base_ = [{str(base)!r}]\n{run}\n{extra}\n")
     work_dir = tmp_path / "work"
     assert train_tool.main([str(config), "--work-dir", str(work_dir), "--amp", "off"]) == 0
     (scalars,) = work_dir.glob("*/vis_data/scalars.json")
     rows = [json.loads(line) for line in scalars.read_text().splitlines()]
-    assert len(rows) == ITERS
+    assert len(rows) == iters
     return rows
 
 
@@ -111,7 +119,7 @@ def test_every_binarizer_trains_with_cmim(tmp_path, method):
     base = PRETRAIN / f"cifar100_bin_r18_{config_method}_cmim.py"
     base_cfg = Config.fromfile(str(base))
     # The config's recipe (flip critic, in-batch negatives), narrower, with lambda 1e-3: at the
-    # config's lambda the literal CMIM term outweighs the CE term for many more than 24 steps.
+    # config's lambda the literal CMIM term outweighs the CE term for many more steps than these.
     model = dict(backbone=dict(base_channels=8), cmim_lambda=1e-3)
     if method in SWAPPED:
         model["backbone"]["binarizer"] = method
@@ -121,14 +129,22 @@ def test_every_binarizer_trains_with_cmim(tmp_path, method):
         if base_cfg.optim_wrapper.optimizer.type == "SGD"
         else ""
     )
-    rows = _train(tmp_path, f"train_{method}", base, model, dict(data_root=str(data)), extra)
+    rows = _train(
+        tmp_path, f"train_{method}", base, model, dict(data_root=str(data)), extra, CMIM_ITERS
+    )
 
     assert rows[0]["loss_cmim"] != 0
     first_cls, last_cls = _first_last(rows, "loss_cls")
     assert last_cls < first_cls, f"{method}: loss_cls {first_cls:.3f} -> {last_cls:.3f}"
-    # The literal CMIM term scales with the activations; it must stay bounded, not diverge.
-    first_cmim, last_cmim = _first_last(rows, "loss_cmim")
-    assert last_cmim < 3 * first_cmim, f"{method}: loss_cmim {first_cmim:.3f} -> {last_cmim:.3f}"
+    # The literal CMIM term scales with the activations, which grow from their initial scale
+    # while the classifier learns: the term rises (1-3.5x its first steps' value in the first
+    # quarter, by CPU and seed) and then levels off. It must level off, not diverge: a term that
+    # keeps growing (linearly from 0 or faster) has its last quarter's mean >= 2.3x the second
+    # quarter's. Measured on an AVX-512 bf16 CPU, 10 binarizers x 2 seeds: at most 1.27x (RBNN).
+    quarters = np.array_split(np.array([row["loss_cmim"] for row in rows]), 4)
+    assert all(np.isfinite(q).all() for q in quarters), f"{method}: loss_cmim is not finite"
+    growth = quarters[3].mean() / quarters[1].mean()
+    assert growth < 1.5, f"{method}: loss_cmim still grows {growth:.2f}x over the last half"
     assert ("loss_lns" in rows[0]) == (method == "lns")
     dumped = tmp_path / "work" / f"train_{method}.py"
     binarizer = Config.fromfile(str(dumped)).model.backbone.binarizer
