@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import runpy
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def test_chain_sweep_sets_both_grid_in_both_stages_and_pairs_per_group(tmp_path,
         return dict(pretrain=dict(metrics=dict(top1=60.0)), transfer=dict(metrics=metrics))
 
     monkeypatch.setattr(sweep, "run_chain", fake_chain)
+    # real configs: the sweep loads every run's config, with its grid values, before any run
+    for name, base in (("pre.py", "pretrain_crops.py"), ("tr.py", "nyud_synth.py")):
+        (tmp_path / name).write_text(f"_base_ = [{str(REPO / 'configs' / 'demo' / base)!r}]\n")
     spec = sweep.SweepSpec(
         grid={"model.cmim_lambda": [0, 0.001]},
         shared_grid={"model.backbone.binarizer": ["irnet", "react"]},
@@ -144,6 +148,7 @@ def test_chain_sweep_sets_both_grid_in_both_stages_and_pairs_per_group(tmp_path,
         transfer_config=tmp_path / "tr.py",
         roots=(tmp_path, tmp_path),
         reference={"model.cmim_lambda": 0},
+        fresh_process_per_run=False,  # the fake chain above lives in this process only
     )
     result = sweep.run_sweep(spec)
     assert len(calls) == 8 and result["complete"]
@@ -175,3 +180,12 @@ def test_chain_sweep_sets_both_grid_in_both_stages_and_pairs_per_group(tmp_path,
         with pytest.raises(ValueError):
             sweep.run_sweep(sweep.SweepSpec(**{**spec.__dict__, **bad}))
     assert calls == []
+
+
+def test_a_chain_run_goes_to_a_fresh_process():
+    """What the sweep runs each chain run with: another process, spawned (no state of this
+    one, such as OpenVINO's), whose result comes back."""
+    from cmim_dense.pipelines.chain import in_fresh_process
+
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(sorted, [3, 1, 2]) == [1, 2, 3]

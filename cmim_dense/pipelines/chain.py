@@ -3,8 +3,10 @@ dense tasks, evaluate that. Each run is skipped when already evaluated and resum
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,19 @@ class StageTimer:
         result = job(*args, **kwargs)
         self.stages.append(dict(stage=stage, seconds=time.perf_counter() - begin))
         return result
+
+
+def in_fresh_process(job: Callable, *args) -> Any:
+    """``job(*args)`` in a freshly spawned process (``job`` and ``args`` picklable); returns its
+    result. A run whose transfer ran OpenVINO leaves no state behind in the caller: after
+    OpenVINO ran in a process, later torch training in it has crashed (SIGSEGV; README, Tests).
+
+    Raises:
+        concurrent.futures.process.BrokenProcessPool: the process died (e.g. a signal).
+    """
+    # spawn: a forked child would inherit the parent's OpenMP and OpenVINO state
+    with ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(job, *args).result()
 
 
 def data_options(root: Path, splits: tuple[str, ...]) -> dict:

@@ -7,12 +7,11 @@ Ctrl-C continues where it stopped; a stage cut mid-training resumes from its che
    (regenerated when the data folder was made with other settings);
 2. for CMIM on and off, the pretrain -> transfer chain (:func:`run_chain`): pretrain the binary
    ResNet-18 on the crops, evaluate top-1, train the frozen-backbone DeepLab heads, evaluate;
-3. deploy the CMIM transfer model (:func:`deploy_cmim`): export it whole to OpenVINO, evaluate
+3. write the report (table, Fig. 5, qualitative grid) and the paper's analysis figures of the
+   two pretrained backbones (t-SNE, similarity matrices, per-layer MI bound);
+4. deploy the CMIM transfer model (:func:`deploy_cmim`): export it whole to OpenVINO, evaluate
    that IR on the test split with the same metrics, and run ``cmim-dense infer`` with it on
-   the first test frames;
-4. write the report (table, Fig. 5, qualitative grid), the paper's analysis figures of the two
-   pretrained backbones (t-SNE, similarity matrices, per-layer MI bound), and compare with
-   trivial baselines.
+   the first test frames; then compare the runs with trivial baselines.
 
 Every stage's wall time is kept; the summary prints them as a table and stores them.
 """
@@ -245,7 +244,6 @@ def run_demo(settings: DemoSettings) -> dict:
     else:
         stages = [_chain_stages(*job) for job in jobs]
     timer.stages.extend(stage for chain in stages for stage in chain)
-    deployed = deploy_cmim(settings, roots, timer)
     report_dir = settings.work_dir / "report"
     timer.run("report", build_report, list(run_dirs.values()), report_dir)
     timer.run(
@@ -257,6 +255,9 @@ def run_demo(settings: DemoSettings) -> dict:
         names=list(variants),
         cfg_options=data_options(roots[1], ("test",)),
     )
+    # Last in this process: after OpenVINO ran in a process, torch work later in it has crashed
+    # (SIGSEGV; README, Tests), and the chains run OpenVINO in their worker processes only.
+    deployed = deploy_cmim(settings, roots, timer)
     num_classes = Config.fromfile(settings.transfer_config).model.seg_head.num_classes
     depth_ref = mean_depth_baseline(roots[0])
     seg_ref = majority_class_baseline(roots[0], num_classes)

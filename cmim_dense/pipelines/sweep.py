@@ -11,9 +11,10 @@ transfer config (pretraining runs are shared by the transfer settings that reuse
 backbone of another binarizer is refused). The seed is ``randomness.seed`` of every run.
 Seeds are the outermost loop, so a cut sweep holds every setting at its first seeds, and
 ``sweep.json`` is rewritten after every run (``complete`` false until the last). A run already
-evaluated is skipped and a cut one resumes, so a cut sweep continues where it stopped; each run
-folder is stamped with the full settings of its run, and a folder stamped otherwise is refused
-rather than reused.
+evaluated is skipped and a cut one resumes, so a cut sweep continues where it stopped. Each
+chain run runs in a fresh process, so no OpenVINO state of one run's transfer reaches the next
+run's training. Each run folder is stamped with the full settings of its run, and a folder
+stamped otherwise is refused rather than reused.
 
 Aggregates, per setting and metric: mean, sample standard deviation and the per-seed values.
 Against a reference (the first setting of the grid unless given), every other setting gets
@@ -39,7 +40,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cmim_dense.engine.config import load_config, parse_cfg_options
-from cmim_dense.pipelines.chain import StageTimer, run_chain, train_and_test
+from cmim_dense.pipelines.chain import StageTimer, in_fresh_process, run_chain, train_and_test
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import (
     save_figure_atomic,
@@ -99,6 +100,9 @@ class SweepSpec:
         cfg_options, transfer_options: fixed options of every pretraining / transfer run.
         roots: (NYUD tree, crops ImageFolder) of a chain sweep.
         reference: the setting the others are compared with (default: the first).
+        fresh_process_per_run: run each chain run in a freshly spawned process
+            (:func:`~cmim_dense.pipelines.chain.in_fresh_process`); False runs it in this
+            process, e.g. under a debugger.
     """
 
     grid: dict[str, list]
@@ -112,6 +116,7 @@ class SweepSpec:
     transfer_options: dict = field(default_factory=dict)
     roots: tuple[Path, Path] | None = None
     reference: dict | None = None
+    fresh_process_per_run: bool = True
 
     @property
     def chain(self) -> bool:
@@ -151,7 +156,12 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
         check_reference([_setting(*run[:3]) for run in runs], spec.reference)
     records = []
     for i, run in enumerate(runs):
-        records.append(_run_one(spec, *run, timer))
+        if spec.chain and spec.fresh_process_per_run:
+            record, stages = in_fresh_process(_timed_run, spec, *run)
+            timer.stages.extend(stages)
+        else:
+            record = _run_one(spec, *run, timer)
+        records.append(record)
         result = aggregate(records, metrics, spec.reference)
         result.update(stages=timer.stages, complete=i == len(runs) - 1)
         write_outputs(result, spec.work_dir)
@@ -193,6 +203,12 @@ def _claim(run_dir: Path, settings: dict) -> None:
 def _setting(shared: dict, pre: dict, tr: dict) -> dict:
     """The run's setting as recorded: shared and pretraining keys, then ``transfer:`` keys."""
     return {**shared, **pre, **{f"transfer:{k}": v for k, v in tr.items()}}
+
+
+def _timed_run(spec: SweepSpec, *run) -> tuple[dict, list[dict]]:
+    """:func:`_run_one` with a timer of its own: (record, stage times)."""
+    timer = StageTimer()
+    return _run_one(spec, *run, timer), timer.stages
 
 
 def _run_one(
