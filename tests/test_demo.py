@@ -122,7 +122,7 @@ def test_format_summary_states_stage_times_targets_and_verdicts():
     assert "cmim      top-1  60.0 %  mIoU  51.0 %" in text and "meets the targets" in text
     assert "baseline  top-1  55.0 %  mIoU  49.0 %" in text and "MISSES the targets" in text
     assert "exported (fp32, whole model in OpenVINO): mIoU  51.0 %  RMSE 0.441 m" in text
-    assert "torch backbone: mIoU +0.02, RMSE +0.25 %" in text
+    assert "torch backbone: mIoU +0.02 points, RMSE +0.25 %" in text
 
 
 def test_stage_timer_records_each_stage():
@@ -192,7 +192,8 @@ default_hooks = dict(checkpoint=dict(interval=max_iters))
     report = settings.work_dir / "report"
     for name in ("report.md", "fig5.png", "analysis/tsne.png", "analysis/analysis.json"):
         assert (report / name).is_file(), name
-    again = run_demo(settings)  # everything evaluated: only data checks, report and analysis
+    again = run_demo(settings)  # everything evaluated: data checks, report, analysis, infer
     assert not any(s["stage"].endswith(": train") for s in again["stages"])
     assert not any("export" in s["stage"] for s in again["stages"])
+    assert "cmim: test the exported model" not in [s["stage"] for s in again["stages"]]
     assert again["runs"] == summary["runs"]

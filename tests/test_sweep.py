@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import runpy
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def test_chain_sweep_sets_both_grid_in_both_stages_and_pairs_per_group(tmp_path,
 
     def fake_chain(pre_cfg, tr_cfg, pre_dir, tr_dir, roots, name, timer, **options):
         calls.append(options)
+        timer.run(f"{name}: chain", lambda: None)
         binarizer = options["pretrain_options"]["model.backbone.binarizer"]
         lam = options["pretrain_options"]["model.cmim_lambda"]
         seed = options["pretrain_options"]["randomness.seed"]
@@ -148,10 +150,18 @@ def test_chain_sweep_sets_both_grid_in_both_stages_and_pairs_per_group(tmp_path,
         transfer_config=tmp_path / "tr.py",
         roots=(tmp_path, tmp_path),
         reference={"model.cmim_lambda": 0},
-        fresh_process_per_run=False,  # the fake chain above lives in this process only
     )
+
+    def in_this_process(job, *args):
+        """What a spawned process gets: the job and its arguments through pickle (the fake
+        chain above lives in this process only)."""
+        job, args = pickle.loads(pickle.dumps((job, args)))
+        return job(*args)
+
+    monkeypatch.setattr(sweep, "in_fresh_process", in_this_process)
     result = sweep.run_sweep(spec)
     assert len(calls) == 8 and result["complete"]
+    assert len(result["stages"]) == 8  # each run's stage times came back from its process
     for options in calls:
         pre, tr = options["pretrain_options"], options["transfer_options"]
         assert pre["model.backbone.binarizer"] == tr["model.backbone.binarizer"]

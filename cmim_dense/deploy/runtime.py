@@ -214,12 +214,7 @@ class ExportedModel:
         self.input_size: tuple[int, int] = tuple(record["input_size"])
         self.precision: str = record["precision"]
         self.identity: dict = record["identity"]
-        files = record.get("files", [])
-        if "heads.xml" in files:
-            names = ["backbone.xml", "heads.xml"]
-        else:
-            names = ["model.xml" if "model.xml" in files else "backbone.xml"]
-        self._names = names
+        names = model_files(record)
         for name in names:
             for path in (folder / name, (folder / name).with_suffix(".bin")):
                 if not path.is_file():
@@ -243,12 +238,8 @@ class ExportedModel:
         return cls(folder, read_stamp(folder), num_threads)
 
     def sha256(self) -> str:
-        """The hex sha256 of the IR files' bytes (``.xml`` then ``.bin`` of each, in order)."""
-        digest = hashlib.sha256()
-        for name in self._names:
-            for path in (self.folder / name, (self.folder / name).with_suffix(".bin")):
-                digest.update(bytes.fromhex(sha256_file(path)))
-        return digest.hexdigest()
+        """:func:`ir_sha256` of this folder."""
+        return ir_sha256(self.folder, self.record)
 
     def check_identity(self, expected: dict) -> None:
         """Refuse, in one line, an IR exported from another config or checkpoint.
@@ -281,6 +272,25 @@ class ExportedModel:
             for name, value in zip(self.output_names, self._runner.run(frame[None])):
                 outputs[name].append(value)
         return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def model_files(record: dict) -> list[str]:
+    """The IR files an export's ``record`` runs, in order: ``backbone.xml`` and ``heads.xml``
+    (INT8 heads), ``model.xml`` (a whole fp32 model), or ``backbone.xml`` (a backbone)."""
+    files = record.get("files", [])
+    if "heads.xml" in files:
+        return ["backbone.xml", "heads.xml"]
+    return ["model.xml" if "model.xml" in files else "backbone.xml"]
+
+
+def ir_sha256(folder: Path, record: dict) -> str:
+    """The hex sha256 of the sha256 digests of the IR files that ``record`` (the folder's
+    ``export.json``) runs: each ``.xml`` then its ``.bin``, in :func:`model_files` order."""
+    digest = hashlib.sha256()
+    for name in model_files(record):
+        for path in (folder / name, (folder / name).with_suffix(".bin")):
+            digest.update(bytes.fromhex(sha256_file(path)))
+    return digest.hexdigest()
 
 
 def open_export(

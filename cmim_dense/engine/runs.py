@@ -145,7 +145,8 @@ def run_meta(cfg: Config) -> dict:
 
 def _backend_record(cfg: Config, exported: ExportedModel | None) -> dict:
     """How the model ran: ``backend`` of the backbone (an IR runs whole in OpenVINO),
-    ``precision`` (``fp32`` or ``int8_heads``), ``ir_sha256`` and ``ir`` (folder), or None."""
+    ``precision`` (``fp32`` or ``int8_heads``), ``ir_sha256`` (of the IR files'
+    digests, :func:`~cmim_dense.deploy.runtime.ir_sha256`) and ``ir`` (folder), or None."""
     if exported is not None:
         ir = dict(ir_sha256=exported.sha256(), ir=str(exported.folder))
         return dict(backend="openvino", precision=exported.precision, **ir)

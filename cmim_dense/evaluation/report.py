@@ -27,7 +27,7 @@ Each run directory holds a ``metrics.json`` written by ``tools/test.py`` through
       "run": {                             # how it was tested (absent in older files)
         "backend": "torch",                # the backbone's backend: torch or openvino
         "precision": "fp32",               # fp32, or int8_heads for an IR with INT8 heads
-        "ir_sha256": null,                 # hash of the exported IR files (test --ir), or null
+        "ir_sha256": null,                 # hash of the IR files' hashes (test --ir), or null
         "ir": null,                        # the exported folder (test --ir), or null
         "test_id": "1234-9f3e..."          # also in predictions/TEST_ID: the same test wrote both
       }

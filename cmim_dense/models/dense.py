@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,6 +19,19 @@ from cmim_dense.registry import BACKBONE_RUNTIMES, MODELS
 from cmim_dense.utils.errors import InputError
 
 BACKBONE_BACKENDS = ("torch", "openvino")
+
+
+class ExportedDense(Protocol):
+    """A whole dense model exported from a :class:`MultiTaskDense`, as
+    :meth:`MultiTaskDense.run_exported` takes it (e.g. an opened
+    ``cmim_dense.deploy.runtime.ExportedModel``)."""
+
+    input_size: tuple[int, int]  # (H, W) of its static input
+    output_names: tuple[str, ...]  # 'seg' and/or 'depth'
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 3, H, W) float32 -> raw head outputs by name, at feature resolution."""
+        ...
 
 
 @MODELS.register_module()
@@ -100,7 +114,7 @@ class MultiTaskDense(BaseSegmentor):
             for head in self.heads.values():
                 head.to(memory_format=torch.channels_last)
         self.backbone_backend = backbone_backend
-        self.exported = None  # a whole exported model, see run_exported
+        self.exported: ExportedDense | None = None  # see run_exported
         self._engine: tuple[tuple, object] | None = None  # (weight storages, compiled backbone)
         self.backbone.register_load_state_dict_post_hook(self._drop_engine)
         self.train_cfg = train_cfg
@@ -145,7 +159,7 @@ class MultiTaskDense(BaseSegmentor):
         ``mmseg.apis.init_model`` reads when a checkpoint has no ``dataset_meta``."""
         return self.seg_head or self.depth_head
 
-    def run_exported(self, exported) -> None:
+    def run_exported(self, exported: ExportedDense | None) -> None:
         """Predict with ``exported`` instead of the backbone and heads (None: PyTorch again).
 
         ``exported``: a whole model exported from this one, e.g. an opened
@@ -258,6 +272,7 @@ class MultiTaskDense(BaseSegmentor):
         return {name: head.forward(feats) for name, head in self.heads.items()}
 
     def _exported_forward(self, inputs: Tensor) -> dict[str, Tensor]:
+        """(N, 3, H, W) -> the exported model's head outputs as tensors on the inputs' device."""
         size = tuple(self.exported.input_size)
         x = inputs.detach().float()
         if tuple(x.shape[2:]) != size:

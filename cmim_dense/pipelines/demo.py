@@ -29,9 +29,9 @@ from pathlib import Path
 from mmengine.config import Config
 
 from cmim_dense.apis import infer_to_folder
-from cmim_dense.deploy.runtime import STAMP
+from cmim_dense.deploy.runtime import identity, ir_sha256, read_stamp
 from cmim_dense.engine.analysis import analyze
-from cmim_dense.engine.config import resolve_config
+from cmim_dense.engine.config import load_config, resolve_config
 from cmim_dense.engine.export import export_config
 from cmim_dense.engine.runs import test
 from cmim_dense.evaluation.baselines import majority_class_baseline, mean_depth_baseline
@@ -41,6 +41,7 @@ from cmim_dense.nyud_io.synth import generate_synth_nyud
 from cmim_dense.pipelines.chain import (
     StageTimer,
     data_options,
+    in_fresh_process,
     last_checkpoint,
     run_chain,
     transfer_cfg_options,
@@ -187,12 +188,18 @@ def deploy_cmim(settings: DemoSettings, roots: tuple[Path, Path], timer: StageTi
     """Export the CMIM transfer model whole (fp32, the config's static input size), evaluate the
     IR on the test split (``transfer_cmim_ir/metrics.json``) and write ``cmim-dense infer``
     outputs of the first :data:`INFER_FRAMES` test frames with it (``infer_cmim/``). An export
-    or an evaluation already there is reused. Returns the IR's test metrics record."""
+    of this checkpoint and config, and an evaluation of that export, are reused. Returns the
+    IR's test metrics record.
+
+    Raises:
+        InputError: no test frame, or one that ``infer`` could not read.
+    """
     config = str(settings.transfer_config)
     checkpoint = str(last_checkpoint(settings.work_dir / "transfer_cmim"))
     options = transfer_cfg_options(roots[0], settings.work_dir / "pretrain_cmim")
     export_dir = settings.work_dir / "export_cmim"
-    if not (export_dir / STAMP).is_file():
+    expected = identity(load_config(config, options).pretty_text, checkpoint)
+    if _export_identity(export_dir) != expected:
         timer.run(
             "cmim: export whole to OpenVINO",
             export_config,
@@ -202,7 +209,8 @@ def deploy_cmim(settings: DemoSettings, roots: tuple[Path, Path], timer: StageTi
             cfg_options=options,
         )
     ir_dir = settings.work_dir / "transfer_cmim_ir"
-    if not (ir_dir / METRICS_FILE).is_file():
+    tested = read_run_metrics(ir_dir) if (ir_dir / METRICS_FILE).is_file() else {}
+    if tested.get("run", {}).get("ir_sha256") != ir_sha256(export_dir, read_stamp(export_dir)):
         timer.run(
             "cmim: test the exported model",
             test,
@@ -214,7 +222,7 @@ def deploy_cmim(settings: DemoSettings, roots: tuple[Path, Path], timer: StageTi
             ir=str(export_dir),
         )
     frames = sorted((roots[0] / "images" / "test").glob("*.png"))[:INFER_FRAMES]
-    timer.run(
+    unread = timer.run(
         f"cmim: infer {len(frames)} test frames",
         infer_to_folder,
         config,
@@ -224,7 +232,17 @@ def deploy_cmim(settings: DemoSettings, roots: tuple[Path, Path], timer: StageTi
         ir=str(export_dir),
         cfg_options=options,
     )
+    if not frames or unread:
+        raise InputError(f"infer could not read the test frames of {roots[0]} (see above)")
     return read_run_metrics(ir_dir)
+
+
+def _export_identity(folder: Path) -> dict | None:
+    """The identity recorded in an export folder, or None without a readable one."""
+    try:
+        return read_stamp(folder).get("identity")
+    except InputError:
+        return None
 
 
 def run_demo(settings: DemoSettings) -> dict:
@@ -242,7 +260,7 @@ def run_demo(settings: DemoSettings) -> dict:
         with ProcessPoolExecutor(len(jobs), context, initializer=_one_thread) as pool:
             stages = timer.run("chains", lambda: list(pool.map(_chain_stages, *zip(*jobs))))
     else:
-        stages = [_chain_stages(*job) for job in jobs]
+        stages = [in_fresh_process(_chain_stages, *job) for job in jobs]
     timer.stages.extend(stage for chain in stages for stage in chain)
     report_dir = settings.work_dir / "report"
     timer.run("report", build_report, list(run_dirs.values()), report_dir)
@@ -256,7 +274,7 @@ def run_demo(settings: DemoSettings) -> dict:
         cfg_options=data_options(roots[1], ("test",)),
     )
     # Last in this process: after OpenVINO ran in a process, torch work later in it has crashed
-    # (SIGSEGV; README, Tests), and the chains run OpenVINO in their worker processes only.
+    # (SIGSEGV; README, Tests), and the chains run OpenVINO in processes of their own.
     deployed = deploy_cmim(settings, roots, timer)
     num_classes = Config.fromfile(settings.transfer_config).model.seg_head.num_classes
     depth_ref = mean_depth_baseline(roots[0])
@@ -286,7 +304,7 @@ def run_demo(settings: DemoSettings) -> dict:
         rmse=deployed["metrics"]["rmse"],
         precision=deployed["run"]["precision"],
         export=str(settings.work_dir / "export_cmim"),
-        reference_backend=read_run_metrics(run_dirs["cmim"])["run"]["backend"],
+        reference_backend=read_run_metrics(run_dirs["cmim"]).get("run", {}).get("backend", "?"),
     )
     return summary
 
@@ -321,6 +339,6 @@ def _deployed_line(run: dict) -> str:
     return (
         f"    exported ({ir['precision']}, whole model in OpenVINO): mIoU {ir['mIoU']:5.1f} %  "
         f"RMSE {ir['rmse']:.3f} m; minus PyTorch heads on the {ir['reference_backend']} "
-        f"backbone: mIoU {ir['mIoU'] - run['mIoU']:+.2f}, "
+        f"backbone: mIoU {ir['mIoU'] - run['mIoU']:+.2f} points, "
         f"RMSE {100 * (ir['rmse'] / run['rmse'] - 1):+.2f} %"
     )
