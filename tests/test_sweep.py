@@ -199,3 +199,32 @@ def test_a_chain_run_goes_to_a_fresh_process():
 
     assert in_fresh_process(os.getpid) != os.getpid()
     assert in_fresh_process(sorted, [3, 1, 2]) == [1, 2, 3]
+
+
+def test_a_run_whose_process_died_is_started_once_more(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cmim_dense.pipelines import sweep
+
+    deaths = []
+
+    def dies_once(job, *args):
+        if not deaths:
+            deaths.append(args)
+            raise BrokenProcessPool("a child process terminated abruptly")
+        return ({"setting": {}, "seed": args[-1], "metrics": {}, "run_dirs": []}, [])
+
+    monkeypatch.setattr(sweep, "in_fresh_process", dies_once)
+    spec = sweep.SweepSpec(grid={}, seeds=[0], work_dir=tmp_path, config=tmp_path / "pre.py")
+    record, stages = sweep._run_isolated(spec, ({}, {}, {}, 0), chain.StageTimer())
+    assert len(deaths) == 1 and record["seed"] == 0 and stages == []
+
+    def always_dies(job, *args):
+        deaths.append(args)
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(sweep, "in_fresh_process", always_dies)
+    deaths.clear()
+    with pytest.raises(BrokenProcessPool):  # a second death stops the sweep
+        sweep._run_isolated(spec, ({}, {}, {}, 0), chain.StageTimer())
+    assert len(deaths) == 2

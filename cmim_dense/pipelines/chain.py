@@ -39,8 +39,9 @@ class StageTimer:
 
 def in_fresh_process(job: Callable, *args) -> Any:
     """``job(*args)`` in a freshly spawned process (``job`` and ``args`` picklable); returns its
-    result. A run whose transfer ran OpenVINO leaves no state behind in the caller: after
-    OpenVINO ran in a process, later torch training in it has crashed (SIGSEGV; README, Tests).
+    result. Processes that ran torch training and OpenVINO have died of SIGSEGV, at data-loader
+    and stage boundaries (cause not found; README, Tests): a job in a process of its own takes
+    only itself down, and leaves no OpenVINO state in the caller.
 
     Raises:
         concurrent.futures.process.BrokenProcessPool: the process died (e.g. a signal).

@@ -273,8 +273,8 @@ def run_demo(settings: DemoSettings) -> dict:
         names=list(variants),
         cfg_options=data_options(roots[1], ("test",)),
     )
-    # Last in this process: after OpenVINO ran in a process, torch work later in it has crashed
-    # (SIGSEGV; README, Tests), and the chains run OpenVINO in processes of their own.
+    # Last in this process: processes that ran torch training and OpenVINO have died of SIGSEGV
+    # (README, Tests); the chains run in processes of their own.
     deployed = deploy_cmim(settings, roots, timer)
     num_classes = Config.fromfile(settings.transfer_config).model.seg_head.num_classes
     depth_ref = mean_depth_baseline(roots[0])

@@ -12,9 +12,10 @@ backbone of another binarizer is refused). The seed is ``randomness.seed`` of ev
 Seeds are the outermost loop, so a cut sweep holds every setting at its first seeds, and
 ``sweep.json`` is rewritten after every run (``complete`` false until the last). A run already
 evaluated is skipped and a cut one resumes, so a cut sweep continues where it stopped. Each
-chain run runs in a fresh process, so no OpenVINO state of one run's transfer reaches the next
-run's training. Each run folder is stamped with the full settings of its run, and a folder
-stamped otherwise is refused rather than reused.
+chain run runs in a fresh process, started once more when it dies of a signal: processes that
+ran torch training and OpenVINO have died of SIGSEGV (README, Tests). Each run folder is
+stamped with the full settings of its run, and a folder stamped otherwise is refused rather
+than reused.
 
 Aggregates, per setting and metric: mean, sample standard deviation and the per-seed values.
 Against a reference (the first setting of the grid unless given), every other setting gets
@@ -32,6 +33,7 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +159,7 @@ def run_sweep(spec: SweepSpec, timer: StageTimer | None = None) -> dict:
     records = []
     for i, run in enumerate(runs):
         if spec.chain and spec.fresh_process_per_run:
-            record, stages = in_fresh_process(_timed_run, spec, *run)
+            record, stages = _run_isolated(spec, run, timer)
             timer.stages.extend(stages)
         else:
             record = _run_one(spec, *run, timer)
@@ -203,6 +205,16 @@ def _claim(run_dir: Path, settings: dict) -> None:
 def _setting(shared: dict, pre: dict, tr: dict) -> dict:
     """The run's setting as recorded: shared and pretraining keys, then ``transfer:`` keys."""
     return {**shared, **pre, **{f"transfer:{k}": v for k, v in tr.items()}}
+
+
+def _run_isolated(spec: SweepSpec, run: tuple, timer: StageTimer) -> tuple[dict, list[dict]]:
+    """:func:`_timed_run` in a fresh process, started once more (resuming from the run's last
+    checkpoint) when that process died of a signal; a second death stops the sweep."""
+    try:
+        return in_fresh_process(_timed_run, spec, *run)
+    except BrokenProcessPool:
+        timer.log(f"the process of run {_setting(*run[:3])}, seed {run[3]} died; starting it again")
+        return in_fresh_process(_timed_run, spec, *run)
 
 
 def _timed_run(spec: SweepSpec, *run) -> tuple[dict, list[dict]]:
