@@ -155,6 +155,30 @@ def _backend_record(cfg: Config, exported: ExportedModel | None) -> dict:
     return dict(backend=backend, precision="fp32", ir_sha256=None, ir=None)
 
 
+def _open_ir(
+    ir: str | os.PathLike, config: str, cfg_options: dict | None, checkpoint: str
+) -> ExportedModel:
+    """The export folder ``ir``, refused unless made from this config and checkpoint."""
+    from cmim_dense.deploy.runtime import open_export  # OpenVINO only where it runs
+
+    # the export's identity is of the config as load_config gives it without a work dir
+    return open_export(ir, load_config(config, cfg_options).pretty_text, checkpoint)
+
+
+def _check_finite_metrics(metrics: dict, checkpoint: str) -> None:
+    """Raise :class:`NonFiniteMetricError` naming the headline metrics that are NaN or inf."""
+    bad = sorted(
+        k
+        for k, v in metrics.items()
+        if "." not in k and isinstance(v, float) and not math.isfinite(v)
+    )
+    if bad:
+        raise NonFiniteMetricError(
+            f"{checkpoint}: non-finite metrics {', '.join(bad)}; the model's outputs are "
+            "not usable (diverged training?), so the earlier results were kept"
+        )
+
+
 def test(
     config: str,
     checkpoint: str,
@@ -193,12 +217,7 @@ def test(
         check_show_dir(show_dir)
     if ir is not None and not dense:
         raise InputError("--ir evaluates an exported dense model; this config is not one")
-    exported = None
-    if ir is not None:
-        from cmim_dense.deploy.runtime import open_export  # OpenVINO only where it runs
-
-        # the export's identity is of the config as load_config gives it without a work dir
-        exported = open_export(ir, load_config(config, cfg_options).pretty_text, checkpoint)
+    exported = _open_ir(ir, config, cfg_options, checkpoint) if ir is not None else None
     prepare_work_dir(cfg.work_dir)
     if dense:
         hooks = list(cfg.get("custom_hooks", []))
@@ -215,16 +234,7 @@ def test(
             hook.out_dir, hook.show_dir = outputs.predictions, outputs.show_path
     try:
         metrics = runner.test()
-        bad = sorted(
-            k
-            for k, v in metrics.items()
-            if "." not in k and isinstance(v, float) and not math.isfinite(v)
-        )
-        if bad:
-            raise NonFiniteMetricError(
-                f"{checkpoint}: non-finite metrics {', '.join(bad)}; the model's outputs are "
-                "not usable (diverged training?), so the earlier results were kept"
-            )
+        _check_finite_metrics(metrics, checkpoint)
         meta = run_meta(cfg)
         if not dense:
             meta.update(pretrain_top1=metrics.get("top1"), pretrain_top5=metrics.get("top5"))
