@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.legend import Legend
 from PIL import Image
 
 from cmim_dense.evaluation.report import (
@@ -165,6 +166,18 @@ def test_fig5_dot_sizes_follow_top1():
     assert sizes == [small, DEFAULT_SIZE, big, (small + big) / 2]
     assert legend == [(50.0, small), (60.0, (small + big) / 2), (70.0, big)]
     assert dot_sizes([None, None]) == ([DEFAULT_SIZE] * 2, [])
+
+
+def test_fig5_size_legend_gives_the_top1_of_each_dot_size():
+    rows = [
+        dict(label=name, mIoU=m, neg_log_rmse=x, pretrain_top1=t)
+        for name, m, x, t in [("a", 40.0, 0.5, 50.0), ("b", 45.0, 0.6, 70.0)]
+    ]
+    (legend,) = [c for c in fig5_figure(rows).axes[0].get_children() if isinstance(c, Legend)]
+    assert legend.get_title().get_text() == "pretraining top-1 (%)"
+    assert [t.get_text() for t in legend.get_texts()] == ["50.0", "60.0", "70.0"]
+    marker_sizes = [h.get_markersize() ** 2 for h in legend.legend_handles]
+    assert marker_sizes == pytest.approx([area for _, area in dot_sizes([50.0, 70.0])[1]])
 
 
 def _edit_metrics(run_dir: Path, edit) -> None:

@@ -275,6 +275,24 @@ def dot_sizes(top1: list[float | None]) -> tuple[list[float], list[float]]:
     return [DEFAULT_SIZE if t is None else area(t) for t in top1], [(t, area(t)) for t in legend]
 
 
+def add_size_legend(ax, legend_sizes: list[tuple[float, float]], loc: str, fontsize=None) -> None:
+    """The legend of dot areas (:func:`dot_sizes`' second value: (top-1 %, area in pt^2)) on
+    ``ax``, titled "pretraining top-1 (%)"; nothing when no run has a top-1."""
+    handles = [
+        Line2D([], [], ls="", marker="o", color="grey", markersize=math.sqrt(s), label=f"{t:.1f}")
+        for t, s in legend_sizes
+    ]
+    if handles:
+        ax.legend(
+            handles=handles,
+            title="pretraining top-1 (%)",
+            loc=loc,
+            fontsize=fontsize,
+            labelspacing=1.4,
+            borderpad=1.0,
+        )
+
+
 def fig5_figure(rows: list[dict]) -> Figure:
     """The CMIM paper's Fig. 5: x = -log RMSE, y = mIoU, dot area = pretraining top-1."""
     fig = Figure(figsize=(7.5, 5.5))
@@ -304,19 +322,7 @@ def fig5_figure(rows: list[dict]) -> Figure:
             textcoords="offset points",
             fontsize=9,
         )
-    handles = [
-        Line2D([], [], ls="", marker="o", color="grey", markersize=math.sqrt(s), label=f"{t:.1f}%")
-        for t, s in legend_sizes
-    ]
-    if handles:
-        ax.legend(
-            handles=handles,
-            title="pretraining top-1",
-            loc="best",
-            labelspacing=1.5,
-            borderpad=1.0,
-            frameon=True,
-        )
+    add_size_legend(ax, legend_sizes, loc="best")
     notes = []
     if any(r["pretrain_top1"] is None for r in plotted):
         notes.append(f"hollow dot: pretraining top-1 unknown (default size {DEFAULT_SIZE:g})")

@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from cmim_dense.evaluation.report import dot_sizes
+from cmim_dense.evaluation.report import add_size_legend, dot_sizes
 from cmim_dense.pipelines.sweep import CHAIN_METRICS, DIGITS, HIGHER_IS_BETTER, aggregate
 from cmim_dense.pipelines.sweep import setting_name as _name
 from cmim_dense.utils.errors import InputError
@@ -187,19 +187,7 @@ def _legends(ax, result: dict, group_handles: list, legend_sizes) -> None:
     ]
     first = ax.legend(handles=handles, loc="upper left", fontsize=8, title="binarizer")
     ax.add_artist(first)
-    size_handles = [
-        Line2D([], [], ls="", marker="o", color="grey", markersize=math.sqrt(s), label=f"{t:.1f}")
-        for t, s in legend_sizes
-    ]
-    if size_handles:
-        ax.legend(
-            handles=size_handles,
-            title="pretraining top-1 (%)",
-            loc="lower right",
-            fontsize=8,
-            labelspacing=1.3,
-            borderpad=0.9,
-        )
+    add_size_legend(ax, legend_sizes, loc="lower right", fontsize=8)
 
 
 def figure(result: dict, title_note: str = "") -> Figure:
