@@ -20,7 +20,7 @@ from _binary_helpers import trained_like
 from cmim_dense.deploy import runtime
 from cmim_dense.deploy.export import export_model
 from cmim_dense.deploy.runtime import EXPORT_FORMAT, ExportedModel, OpenVINOBackbone
-from cmim_dense.engine.config import build_model
+from cmim_dense.engine.config import build_model, load_config
 from cmim_dense.engine.export import export_config
 from cmim_dense.models import BinaryResNet
 from cmim_dense.utils.errors import InputError
@@ -222,6 +222,17 @@ def test_the_loader_refuses_other_formats(tmp_path):
         ExportedModel.open(folder)
     with pytest.raises(InputError, match="no such export folder"):
         ExportedModel.open(tmp_path / "absent")
+
+
+def test_the_identity_is_of_what_the_config_computes_not_how_it_is_launched():
+    config = str(REPO / "configs" / "nyud_deeplab_bin_r18.py")
+    base = runtime.identity(load_config(config), None)
+    launched = load_config(config, work_dir="/tmp/elsewhere", launcher="pytorch")
+    launched.resume, launched.load_from = True, "any.pth"
+    assert runtime.identity(launched, None) == base
+    other = runtime.identity(load_config(config, {"model.seg_head.channels": 64}), None)
+    assert other["config_sha256"] != base["config_sha256"]
+    assert base["checkpoint_sha256"] is None
 
 
 def _binary_conv_inputs(net: BinaryResNet, x: torch.Tensor) -> list[torch.Tensor]:

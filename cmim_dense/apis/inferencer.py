@@ -152,7 +152,7 @@ class DenseInferencer:
             require_binary_convolution()
             from cmim_dense.deploy.runtime import open_export
 
-            exported = open_export(ir, cfg.pretty_text, checkpoint, num_threads)
+            exported = open_export(ir, cfg, checkpoint, num_threads)
         elif cfg.model.get("backbone_backend") == "openvino":
             require_binary_convolution()
         self._runner = _ModelRunner(cfg, checkpoint, torch_device(device), exported)

@@ -11,6 +11,7 @@ passed at compile time.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import torch
+from mmengine.config import Config
 from torch import Tensor, nn
 
 from cmim_dense.deploy.graph import BackboneGraph
@@ -180,12 +182,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def identity(config_text: str, checkpoint: str | os.PathLike | None) -> dict:
-    """What an export was made from: ``config_sha256`` of the resolved config text (mmengine's
-    ``cfg.pretty_text`` after ``--cfg-options``) and ``checkpoint_sha256`` of the checkpoint file
-    (None: the config's own initialisation)."""
+# How a run is launched, not what it computes: an export stays valid whichever of these the
+# config or the command line sets (the checkpoint's own hash covers the weights).
+RUNTIME_KEYS = ("work_dir", "launcher", "load_from", "resume")
+
+
+def identity(cfg: Config, checkpoint: str | os.PathLike | None) -> dict:
+    """What an export was made from: ``config_sha256`` of the resolved config's text (mmengine's
+    ``cfg.pretty_text`` after ``--cfg-options``, without :data:`RUNTIME_KEYS`) and
+    ``checkpoint_sha256`` of the checkpoint file (None: the config's own initialisation)."""
+    content = copy.deepcopy(cfg)
+    for key in RUNTIME_KEYS:
+        content.pop(key, None)
     return dict(
-        config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
+        config_sha256=hashlib.sha256(content.pretty_text.encode()).hexdigest(),
         checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
     )
 
@@ -295,20 +305,19 @@ def ir_sha256(folder: Path, record: dict) -> str:
 
 def open_export(
     folder: str | os.PathLike,
-    config_text: str,
+    cfg: Config,
     checkpoint: str | os.PathLike | None,
     num_threads: int | None = None,
 ) -> ExportedModel:
     """``folder`` opened by :meth:`ExportedModel.open`, refused in one line unless it was
-    exported from the config whose resolved text is ``config_text`` and from ``checkpoint``
-    (:func:`identity`).
+    exported from the resolved config ``cfg`` and from ``checkpoint`` (:func:`identity`).
 
     Raises:
         InputError: not an export, another config or checkpoint, missing IR files, or a CPU
             without ``BinaryConvolution``.
     """
     exported = ExportedModel.open(folder, num_threads)
-    exported.check_identity(identity(config_text, checkpoint))
+    exported.check_identity(identity(cfg, checkpoint))
     return exported
 
 

@@ -123,7 +123,7 @@ def export_config(
     info = dict(
         config=str(config),
         checkpoint=str(checkpoint) if checkpoint else None,
-        identity=identity(cfg.pretty_text, checkpoint),
+        identity=identity(cfg, checkpoint),
         binarizer=binarizer.get("type") if isinstance(binarizer, dict) else binarizer,
     )
     calibration = frames = None

@@ -155,14 +155,11 @@ def _backend_record(cfg: Config, exported: ExportedModel | None) -> dict:
     return dict(backend=backend, precision="fp32", ir_sha256=None, ir=None)
 
 
-def _open_ir(
-    ir: str | os.PathLike, config: str, cfg_options: dict | None, checkpoint: str
-) -> ExportedModel:
+def _open_ir(ir: str | os.PathLike, cfg: Config, checkpoint: str) -> ExportedModel:
     """The export folder ``ir``, refused unless made from this config and checkpoint."""
     from cmim_dense.deploy.runtime import open_export  # OpenVINO only where it runs
 
-    # the export's identity is of the config as load_config gives it without a work dir
-    return open_export(ir, load_config(config, cfg_options).pretty_text, checkpoint)
+    return open_export(ir, cfg, checkpoint)
 
 
 def _check_finite_metrics(metrics: dict, checkpoint: str) -> None:
@@ -217,7 +214,7 @@ def test(
         check_show_dir(show_dir)
     if ir is not None and not dense:
         raise InputError("--ir evaluates an exported dense model; this config is not one")
-    exported = _open_ir(ir, config, cfg_options, checkpoint) if ir is not None else None
+    exported = _open_ir(ir, cfg, checkpoint) if ir is not None else None
     prepare_work_dir(cfg.work_dir)
     if dense:
         hooks = list(cfg.get("custom_hooks", []))
