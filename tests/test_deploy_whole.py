@@ -296,6 +296,30 @@ def test_the_static_backbone_runs_no_reference_kernel():
     assert [k for k in kinds if k[1].startswith("ref")] == []
 
 
+def test_the_main_heads_run_no_reference_kernel_and_no_concat_at_full_size():
+    """At 480x640 the plugin's convs run channels-last, where it can only copy a Concat (its
+    ``ref`` implementation): the ASPP bottleneck's concat is split into per-branch convs, with
+    the same outputs as the PyTorch heads."""
+    from cmim_dense.deploy.heads import _Heads, heads_ir
+
+    config = str(REPO / "configs" / "nyud_deeplab_bin_r18.py")
+    model = build_model(config, cfg_options={"model.backbone_backend": "torch"}).eval()
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(64, 120, 160), (128, 60, 80), (256, 60, 80), (512, 60, 80)]
+    feats = tuple(torch.randn(1, *shape, generator=generator).relu() for shape in shapes)
+    heads = heads_ir(model, feats)
+    assert "Concat" not in [op.get_type_name() for op in heads.get_ordered_ops()]
+    request = runtime.compile_model(heads, 2, PERF_COUNT=True).create_infer_request()
+    outputs = list(request.infer([f.numpy() for f in feats]).values())
+    with torch.no_grad():
+        expected = _Heads(model)(*feats)
+    for ours, reference in zip(outputs, expected):
+        reference = reference.numpy()
+        assert np.linalg.norm(ours - reference) <= 1e-5 * np.linalg.norm(reference)
+    kernels = [(info.node_type, info.exec_type) for info in request.get_profiling_info()]
+    assert not [k for k in kernels if k[1].startswith("ref")], kernels
+
+
 def test_the_exported_model_is_evaluated_with_the_same_metrics(tmp_path, synth_nyud_tree, capsys):
     """``test --ir``: the whole IR through the test loop (same resizing, same metrics) agrees
     with PyTorch, records what ran, and refuses a foreign or mixed invocation in one line."""

@@ -26,8 +26,9 @@ import openvino as ov
 import torch
 
 from cmim_dense.bench.timing import median_step_times
-from cmim_dense.deploy.export import backbone_features, dense_ir, heads_ir, quantize_heads
+from cmim_dense.deploy.export import backbone_features, dense_ir, quantize_heads
 from cmim_dense.deploy.graph import BackboneGraph
+from cmim_dense.deploy.heads import heads_ir
 from cmim_dense.deploy.runtime import ChainedModel, OpenVINOBackbone, compile_model
 from cmim_dense.engine.config import build_model
 

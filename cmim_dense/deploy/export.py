@@ -36,12 +36,12 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 import torch.nn.functional as F
-from openvino.passes import ConstantFolding, Manager
 from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.deploy.fold import NotExportableError
 from cmim_dense.deploy.graph import BackboneGraph
+from cmim_dense.deploy.heads import heads_ir
 from cmim_dense.deploy.runtime import (
     COMPILE_NOTE,
     COMPILE_PROPERTIES,
@@ -59,17 +59,6 @@ from cmim_dense.utils.io import replace_dir, write_json_atomic
 # Below these, export warns: the deployed model no longer gives the PyTorch model's results.
 MIN_SEG_AGREEMENT = 99.0  # % of pixels with the same class
 MAX_DEPTH_RELATIVE = 0.01  # mean |depth difference| / mean depth
-
-
-class _Heads(nn.Module):
-    """The dense model's heads as one traceable module: stage features -> raw head outputs."""
-
-    def __init__(self, model: MultiTaskDense):
-        super().__init__()
-        self.heads = nn.ModuleDict(model.heads)
-
-    def forward(self, *feats: Tensor) -> tuple[Tensor, ...]:
-        return tuple(head(list(feats)) for head in self.heads.values())
 
 
 def backbone_features(backbone: nn.Module, image: Tensor) -> tuple[Tensor, ...]:
@@ -105,26 +94,6 @@ def backbone_ir(backbone: nn.Module, example: Tensor) -> tuple[ov.Model, dict]:
     model = ov.convert_model(backbone, example_input=example)
     model.reshape({model.inputs[0]: ov.PartialShape(list(example.shape))})
     return model, dict(binary_convs=0, float_convs=convs)
-
-
-def heads_ir(model: MultiTaskDense, feats: tuple[Tensor, ...]) -> ov.Model:
-    """The heads alone, converted by OpenVINO's PyTorch frontend: one input per stage output
-    (static, the shapes of ``feats`` (1, C_i, h_i, w_i)) -> raw head outputs, named by task."""
-    heads = ov.convert_model(_Heads(model).eval(), example_input=tuple(feats))
-    heads.reshape({p: ov.PartialShape(list(f.shape)) for p, f in zip(heads.inputs, feats)})
-    # The static shapes make the resize targets (ShapeOf -> Gather) constants; folded here, they
-    # do not reach the plugin, which runs ShapeOf and Gather with reference kernels.
-    for op in heads.get_ordered_ops():
-        if op.get_type_name() == "ShapeOf" and op.input(0).get_partial_shape().is_static:
-            dtype = op.output(0).get_element_type().to_dtype()
-            shape = ops.constant(np.array(op.input(0).get_shape(), dtype=dtype))
-            op.output(0).replace(shape.output(0))
-    manager = Manager()
-    manager.register_pass(ConstantFolding())
-    manager.run_passes(heads)
-    for result, name in zip(heads.get_results(), model.heads):
-        result.get_output_tensor(0).set_names({name})
-    return heads
 
 
 def dense_ir(
