@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from cmim_dense.binary import build_binarizer, list_binarizers, sign_ste
 from cmim_dense.binary.adabin import Maxout
-from cmim_dense.binary.functions import channel_mean_abs
+from cmim_dense.binary.functions import channel_mean_abs, hard_sign, ste_grad
 from cmim_dense.binary.fused import mean_abs_sign
 
 
@@ -86,3 +86,26 @@ def test_fused_maxout_matches_the_relu_formula():
     assert torch.equal(out, ref)
     for got, expected in zip(grads, ref_grads):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_float_kernels_give_the_values_of_the_bool_formulas(dtype):
+    """hard_sign and ste_grad avoid bool tensors (slow CPU kernels); their values are those of
+    where(x > 0, 1, -1) and grad * 1[|x| <= 1] at every edge: signed zeros, +-1 and the floats
+    next to them, the smallest subnormal, infinities."""
+    one, two = torch.ones((), dtype=dtype), torch.full((), 2.0, dtype=dtype)
+    edges = [
+        torch.nextafter(one, two).item() if dtype != torch.bfloat16 else 1.0078125,
+        torch.finfo(dtype).smallest_normal,
+        1.0,
+        0.0,
+        -0.0,
+        2.0,
+        float("inf"),
+        1e-45 if dtype == torch.float32 else 0.5,
+    ]
+    x = torch.tensor([s * v for v in edges for s in (1, -1)], dtype=dtype)
+    x = torch.cat([x, torch.randn(200, dtype=torch.float64).to(dtype) * 2])
+    assert torch.equal(hard_sign(x), torch.where(x > 0, 1.0, -1.0).to(dtype))
+    grad = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    assert torch.equal(ste_grad(grad, x), grad * (x.abs() <= 1))

@@ -8,8 +8,8 @@ shape out.
 
 Each surrogate is one :class:`torch.autograd.Function` with static ``forward``,
 ``setup_context`` and ``backward`` (the form ``torch.compile`` traces into one graph), saving
-only what its backward reads: a boolean mask for the clipped STE, the input for the smooth
-surrogates. Under TorchScript (which cannot script autograd Functions) they are the plain
+only what its backward reads: the input (a float tensor, see :func:`hard_sign` on why not a
+bool mask). Under TorchScript (which cannot script autograd Functions) they are the plain
 forward sign, so a scripted model infers exactly as the eager one. FX sees each as one call
 (``register_notrace_function``), so a traced model keeps the surrogate gradients.
 """
@@ -19,18 +19,34 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
+# Elementwise maths here stays on float tensors: on CPU, torch's kernels that read a bool
+# tensor (torch.where(mask, ...), float * bool) run far slower than float ones (a
+# (16, 64, 56, 56) where or float * bool took 12-14 ms on one thread against 1 ms for a
+# float multiply, torch 2.14 on AMD Zen 4), and the binarizers run them on every activation.
+
 
 def hard_sign(x: Tensor) -> Tensor:
-    """+1 where x > 0, else -1 (so sign(0) = -1): the output set is exactly {-1, +1}."""
-    return torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+    """+1 where x > 0, else -1 (so sign(0) = -1): the output set is exactly {-1, +1}.
+
+    sign(x) is -1, 0 or +1; ``threshold`` maps every value not above 0 (the zeros, the -1s and
+    NaN) to -1. The values of ``torch.where(x > 0, 1, -1)``, in two float kernels.
+    """
+    return F.threshold(torch.sign(x), 0.0, -1.0)
 
 
-def ste_mask(x: Tensor) -> Tensor:
-    """The clipped straight-through derivative 1[|x| <= 1] as a boolean mask, x's shape."""
-    return x.abs() <= 1
+def ste_grad(grad: Tensor, x: Tensor) -> Tensor:
+    """The clipped straight-through gradient ``grad * 1[|x| <= 1]``, same shape, in one kernel.
+
+    ATen's ``hardtanh_backward`` (the backward of ``F.hardtanh``) passes ``grad`` where
+    lo < x < hi, else 0. With lo and hi the floats of x's dtype next to -1 and +1 (no float of
+    that dtype lies between), that is |x| <= 1 exactly.
+    """
+    bound = 1.0 + torch.finfo(x.dtype).eps
+    return torch.ops.aten.hardtanh_backward(grad, x, -bound, bound)
 
 
 def approx_sign_derivative(x: Tensor) -> Tensor:
@@ -49,7 +65,8 @@ def training_aware_derivative(x: Tensor, t: Tensor, k: Tensor) -> Tensor:
 
 
 class _SignSTE(torch.autograd.Function):
-    """BNN (Hubara 2016): straight-through estimator clipped to abs(x) <= 1; saves a bool mask."""
+    """BNN (Hubara 2016): straight-through estimator clipped to abs(x) <= 1; saves x (a float
+    tensor: a bool mask would take a quarter of the memory but the slow kernels above)."""
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
@@ -57,13 +74,12 @@ class _SignSTE(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        (x,) = inputs
-        ctx.save_for_backward(ste_mask(x))
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        (mask,) = ctx.saved_tensors
-        return grad * mask
+        (x,) = ctx.saved_tensors
+        return ste_grad(grad, x)
 
 
 class _ApproxSign(torch.autograd.Function):

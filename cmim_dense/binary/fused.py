@@ -11,10 +11,11 @@ TorchScript branch (inference only) and is one call for FX.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from cmim_dense.binary.functions import approx_sign_derivative, hard_sign, ste_mask
+from cmim_dense.binary.functions import approx_sign_derivative, hard_sign, ste_grad
 
 
 class _ShiftedSign(torch.autograd.Function):
@@ -22,8 +23,7 @@ class _ShiftedSign(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, center: Tensor, approx: bool) -> Tensor:
-        # x > c exactly when x - c > 0 (IEEE subtraction of unequal floats is never 0).
-        return torch.where(x > center, 1.0, -1.0).to(x.dtype)
+        return hard_sign(x - center)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -35,7 +35,7 @@ class _ShiftedSign(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, center = ctx.saved_tensors
         u = x - center
-        grad_x = grad * approx_sign_derivative(u) if ctx.approx else grad * ste_mask(u)
+        grad_x = grad * approx_sign_derivative(u) if ctx.approx else ste_grad(grad, u)
         grad_center = -grad_x.sum_to_size(center.shape) if ctx.needs_input_grad[1] else None
         return grad_x, grad_center, None
 
@@ -59,14 +59,15 @@ class _AdaBinActivation(torch.autograd.Function):
     def forward(ctx, x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
         u = (x - beta) / alpha
         ctx.save_for_backward(u)  # the one tensor the backward reads
-        return torch.where(u > 0, alpha + beta, beta - alpha).to(x.dtype)
+        # beta + alpha * (+-1) is exactly alpha + beta or beta - alpha
+        return torch.addcmul(beta, hard_sign(u), alpha)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (u,) = ctx.saved_tensors
-        inside = ste_mask(u)
-        grad_x = grad * inside
-        grad_alpha = (grad * (hard_sign(u) - u * inside)).sum()
+        grad_x = ste_grad(grad, u)
+        u_inside = ste_grad(u, u)  # u 1[|u| <= 1]
+        grad_alpha = (grad * (hard_sign(u) - u_inside)).sum()
         grad_beta = (grad - grad_x).sum()
         return grad_x, grad_alpha, grad_beta
 
@@ -79,8 +80,7 @@ def adabin_activation(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
     da_B/dalpha = sign(u) - u 1[|u| <= 1] (summed over x for the scalars).
     """
     if torch.jit.is_scripting():
-        u = (x - beta) / alpha
-        return torch.where(u > 0, alpha + beta, beta - alpha)
+        return torch.addcmul(beta, hard_sign((x - beta) / alpha), alpha)
     return _AdaBinActivation.apply(x, alpha, beta)
 
 
@@ -89,8 +89,7 @@ class _Maxout(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        slope = torch.where(x > 0, pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1))
-        return x * slope
+        return _maxout_value(x, pos, neg)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -100,21 +99,29 @@ class _Maxout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, pos, neg = ctx.saved_tensors
-        positive, negative = x > 0, x < 0  # relu'(0) = 0: no slope at exactly 0
-        zero = torch.zeros((), dtype=x.dtype)
-        slope = torch.where(positive, pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1))
-        grad_x = grad * torch.where(positive | negative, slope, zero)
-        gx = grad * x
-        grad_pos = torch.where(positive, gx, zero).sum((0, 2, 3))
-        grad_neg = torch.where(positive, zero, gx).sum((0, 2, 3))
+        # ATen's relu backward passes grad where its input is > 0: the two halves, exactly
+        # (relu'(0) = 0: no slope at exactly 0), in float kernels only (see hard_sign).
+        grad_above = torch.ops.aten.threshold_backward(grad, x, 0)
+        grad_below = torch.ops.aten.threshold_backward(grad, x.neg(), 0)
+        slope_pos, slope_neg = pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1)
+        grad_x = torch.addcmul(grad_above * slope_pos, grad_below, slope_neg)
+        grad_pos = (grad_above * x).sum((0, 2, 3))
+        grad_neg = (grad_below * x).sum((0, 2, 3))
         return grad_x, grad_pos, grad_neg
+
+
+def _maxout_value(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """p_c relu(x) + n_c (x - relu(x)): one half is exactly 0, so each value is x p_c or x n_c
+    exactly, as ``x * where(x > 0, p, n)`` gives it, in float kernels only."""
+    above = F.relu(x)
+    return torch.addcmul(above * pos.view(1, -1, 1, 1), x - above, neg.view(1, -1, 1, 1))
 
 
 @register_notrace_function
 def maxout(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """AdaBin's Maxout pos_c relu(x) - neg_c relu(-x): (N, C, H, W) x, (C,) pos and neg."""
     if torch.jit.is_scripting():
-        return x * torch.where(x > 0, pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1))
+        return _maxout_value(x, pos, neg)
     return _Maxout.apply(x, pos, neg)
 
 
@@ -136,7 +143,7 @@ class _MeanAbsSign(torch.autograd.Function):
         w, out = ctx.saved_tensors
         dims = list(range(1, w.dim()))
         alpha = out.flatten(1)[:, :1].abs().view(-1, *([1] * len(dims)))  # |±alpha| = alpha
-        through_sign = grad * alpha * ste_mask(w)
+        through_sign = ste_grad(grad * alpha, w)
         grad_alpha = (grad * hard_sign(w)).sum(dims, keepdim=True)
         return through_sign + grad_alpha / w[0].numel() * torch.sgn(w)
 
