@@ -66,6 +66,9 @@ def binarizer_step_times(
         "binary": sgd_step(binary_resnet18(binarizer), batch, size),
     }
     if compiled:
+        # dynamo caches the compiled _loss per code object, across models: without a reset,
+        # the 9th model in one process passes torch's recompile limit and runs eager.
+        torch.compiler.reset()
         steps["compiled"] = sgd_step(binary_resnet18(binarizer), batch, size, compiled=True)
     return median_step_times(steps, iters)
 
