@@ -247,7 +247,9 @@ def _binary_conv_inputs(net: BinaryResNet, x: torch.Tensor) -> list[torch.Tensor
     return inputs
 
 
-@pytest.mark.parametrize("size", [(37, 53), (1536, 1536), (3000, 4000)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "size", [(37, 53), (1536, 1536), (3000, 4000)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
 def test_every_binary_layer_is_exact_to_the_integer_at_small_and_large_sizes(size):
     """Fed the same input as in PyTorch, each layer's xnor-popcount result plus border map
     equals PyTorch's conv of the signs exactly (output stride 8: dilations 2 and 4, the
