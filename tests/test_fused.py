@@ -109,3 +109,16 @@ def test_float_kernels_give_the_values_of_the_bool_formulas(dtype):
     assert torch.equal(hard_sign(x), torch.where(x > 0, 1.0, -1.0).to(dtype))
     grad = torch.randn(x.shape, dtype=torch.float64).to(dtype)
     assert torch.equal(ste_grad(grad, x), grad * (x.abs() <= 1))
+
+
+def test_maxout_keeps_infinities_and_finite_slope_gradients():
+    """An infinite activation gives an infinite output, and no NaN in the gradient of the
+    slope of the other half (0 * inf must not be formed)."""
+    maxout = Maxout(2)
+    x = torch.tensor([float("-inf"), 2.0, float("inf"), -1.0]).view(1, 2, 1, 2)
+    pos, neg = maxout.pos_scale.view(1, -1, 1, 1), maxout.neg_scale.view(1, -1, 1, 1)
+    x.requires_grad_(True)
+    out = maxout(x)
+    assert torch.equal(out, x.detach() * torch.where(x.detach() > 0, pos, neg))
+    out.sum().backward()
+    assert maxout.pos_scale.grad[0] == 2.0 and maxout.neg_scale.grad[1] == -1.0

@@ -95,9 +95,10 @@ class DenseInferencer:
         ir: a folder written by ``cmim-dense export`` from this config and checkpoint: the
             whole model then runs in OpenVINO on the CPU, with its static input size. An
             export of another config or checkpoint is refused: the sha256 of the checkpoint
-            file and of the config's resolved text (``pretty_text`` as :func:`load_config`
-            gives it, ``cfg_options`` included; give ``config`` as a path or name for it to
-            match) must equal the export's.
+            file and of the resolved config (as :func:`load_config` gives it, ``cfg_options``
+            included, without the launch keys of
+            :data:`~cmim_dense.deploy.runtime.RUNTIME_KEYS`; give ``config`` as a path or name
+            for it to match) must equal the export's.
         backend: where the frozen backbone of the PyTorch model runs: ``'torch'``, or
             ``'openvino'`` (bit-packed binary convolutions on the CPU; the heads stay in
             PyTorch on ``device``); None: the config's ``model.backbone_backend``, as in

@@ -32,8 +32,8 @@ from torch import Tensor
 def hard_sign(x: Tensor) -> Tensor:
     """+1 where x > 0, else -1 (so sign(0) = -1): the output set is exactly {-1, +1}.
 
-    sign(x) is -1, 0 or +1; ``threshold`` maps every value not above 0 (the zeros, the -1s and
-    NaN) to -1. The values of ``torch.where(x > 0, 1, -1)``, in two float kernels.
+    sign(x) is -1, 0 or +1 (torch.sign(NaN) is 0); ``threshold`` maps every value not above 0
+    to -1. The values of ``torch.where(x > 0, 1, -1)``, in two float kernels.
     """
     return F.threshold(torch.sign(x), 0.0, -1.0)
 
@@ -43,7 +43,8 @@ def ste_grad(grad: Tensor, x: Tensor) -> Tensor:
 
     ATen's ``hardtanh_backward`` (the backward of ``F.hardtanh``) passes ``grad`` where
     lo < x < hi, else 0. With lo and hi the floats of x's dtype next to -1 and +1 (no float of
-    that dtype lies between), that is |x| <= 1 exactly.
+    that dtype lies between), that is |x| <= 1 exactly. Unlike the product, an inf or NaN
+    grad outside the clip gives 0, not NaN, and a NaN x is not defined to give 0.
     """
     bound = 1.0 + torch.finfo(x.dtype).eps
     return torch.ops.aten.hardtanh_backward(grad, x, -bound, bound)
@@ -56,9 +57,10 @@ def approx_sign_derivative(x: Tensor) -> Tensor:
 
 def ede_grad(grad: Tensor, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
     """``grad`` times IR-Net's Error Decay Estimator derivative k t (1 - tanh(t x)^2); t, k
-    0-d. ATen's ``tanh_backward`` (the backward of ``torch.tanh``) gives g (1 - y^2) for
-    y = tanh(t x) in one kernel, here with g = grad k t."""
-    return torch.ops.aten.tanh_backward(grad * (k * t), torch.tanh(t * x))
+    0-d. ATen's ``tanh_backward`` (the backward of ``torch.tanh``) gives grad (1 - y^2) for
+    y = tanh(t x) in one kernel; k t scales it last, so a large grad in float16 saturates
+    where tanh is flat to 0, not to inf * 0."""
+    return torch.ops.aten.tanh_backward(grad, torch.tanh(t * x)) * (k * t)
 
 
 def training_aware_derivative(x: Tensor, t: Tensor, k: Tensor) -> Tensor:

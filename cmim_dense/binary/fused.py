@@ -23,7 +23,8 @@ class _ShiftedSign(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, center: Tensor, approx: bool) -> Tensor:
-        return hard_sign(x - center)
+        # x's dtype, as before the subtraction promoted it (a float32 center, a float16 x)
+        return hard_sign(x - center).to(x.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -59,7 +60,8 @@ class _AdaBinActivation(torch.autograd.Function):
     def forward(ctx, x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
         u = (x - beta) / alpha
         ctx.save_for_backward(u)  # the one tensor the backward reads
-        # beta + alpha * (+-1) is exactly alpha + beta or beta - alpha
+        # beta + alpha * (+-1) is exactly alpha + beta or beta - alpha (in mixed precision,
+        # alpha and beta are first rounded to x's dtype)
         return torch.addcmul(beta, hard_sign(u), alpha)
 
     @staticmethod
@@ -105,16 +107,16 @@ class _Maxout(torch.autograd.Function):
         grad_below = torch.ops.aten.threshold_backward(grad, x.neg(), 0)
         slope_pos, slope_neg = pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1)
         grad_x = torch.addcmul(grad_above * slope_pos, grad_below, slope_neg)
-        grad_pos = (grad_above * x).sum((0, 2, 3))
-        grad_neg = (grad_below * x).sum((0, 2, 3))
+        grad_pos = (grad_above * F.relu(x)).sum((0, 2, 3))
+        grad_neg = (grad_below * x.clamp(max=0)).sum((0, 2, 3))
         return grad_x, grad_pos, grad_neg
 
 
 def _maxout_value(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-    """p_c relu(x) + n_c (x - relu(x)): one half is exactly 0, so each value is x p_c or x n_c
-    exactly, as ``x * where(x > 0, p, n)`` gives it, in float kernels only."""
-    above = F.relu(x)
-    return torch.addcmul(above * pos.view(1, -1, 1, 1), x - above, neg.view(1, -1, 1, 1))
+    """p_c relu(x) + n_c min(x, 0): one half is exactly 0, so each value is x p_c or x n_c
+    exactly (infinities too), as ``x * where(x > 0, p, n)`` gives it, in float kernels only."""
+    slope_pos, slope_neg = pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1)
+    return torch.addcmul(F.relu(x) * slope_pos, x.clamp(max=0), slope_neg)
 
 
 @register_notrace_function

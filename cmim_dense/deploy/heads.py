@@ -52,7 +52,10 @@ def _split_concat_convs(model: ov.Model) -> None:
     """Rewrite every channel ``Concat`` read only by one ``Convolution`` with constant weights
     (O, sum c_i, kh, kw) as the sum of per-input convolutions (module docstring)."""
     for concat in model.get_ordered_ops():
-        if concat.get_type_name() != "Concat" or concat.get_attributes()["axis"] not in (1, -3):
+        if concat.get_type_name() != "Concat":
+            continue
+        rank = concat.get_output_partial_shape(0).rank.get_length()
+        if concat.get_attributes()["axis"] % rank != 1:  # not the channel axis
             continue
         readers = list(concat.output(0).get_target_inputs())
         conv = readers[0].get_node() if len(readers) == 1 else None

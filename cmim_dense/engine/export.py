@@ -98,7 +98,8 @@ def export_config(
     A dense model is also compared with PyTorch on up to :data:`CHECK_FRAMES` frames of the test
     split where they exist. ``int8_heads``: quantize its heads on ``calib_frames`` frames of the
     train split (:func:`config_frames`). ``export.json`` records the identity (sha256 of the
-    checkpoint and of the resolved config text) and the calibration frames.
+    checkpoint and of the resolved config, :func:`~cmim_dense.deploy.runtime.identity`) and
+    the calibration frames.
 
     Returns:
         The ``export.json`` record.
