@@ -20,9 +20,10 @@ from cmim_dense.binary.adabin import Maxout
 from cmim_dense.binary.irnet import ede_schedule
 from cmim_dense.binary.lns import (
     LNSBinarizer,
+    _LNSLogits,
+    feature_terms,
     lns_noisy_label_loss,
     unbiased_logistic_loss,
-    weight_features,
 )
 from cmim_dense.binary.rbnn import factorize
 from cmim_dense.engine import RBNNRotationHook
@@ -555,17 +556,96 @@ def test_unbiased_loss_rejects_bad_flip_rates():
         make(dict(type="lns", rho_pos=-0.1))
 
 
-def test_lns_weight_features():
+def test_unbiased_loss_hand_value():
+    # t = 1, y = +1, rho_pos = 0.2, rho_neg = 0.1: rho_y = 0.2, rho_{-y} = 0.1, so
+    # l~ = (0.9 log(1 + e^-1) - 0.2 log(1 + e)) / 0.7; for y = -1 the rates swap.
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    logits = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    loss = unbiased_logistic_loss(logits, torch.tensor([1.0, -1.0], dtype=torch.float64), 0.2, 0.1)
+    expected = [
+        (0.9 * softplus(-1) - 0.2 * softplus(1)) / 0.7,
+        (0.8 * softplus(1) - 0.1 * softplus(-1)) / 0.7,
+    ]
+    assert loss.tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_lns_feature_terms():
     w = torch.tensor([[1.0, 2, 3, 4], [-1.0, -1, 1, 3]]).view(2, 2, 1, 2)
-    f = weight_features(w)
+    x0, per_out, per_in, per_pos = feature_terms(w)
     s = w.std()
-    assert f.shape == (8, 5)
-    assert torch.allclose(f[:, 0], w.flatten() / s)
-    # Weight 0 sits in output channel 0 (1, 2, 3, 4: mean 2.5, std sqrt(1.25)), input channel 0
-    # (1, 2, -1, -1: mean 0.25), kernel column 0 (1, 3, -1, 1: mean 1).
-    assert torch.allclose(f[0, 1:], torch.tensor([2.5, math.sqrt(1.25), 0.25, 1.0]) / s)
-    # Weight 3: input channel 1 (3, 4, 1, 3: mean 2.75), kernel column 1 (2, 4, -1, 3: mean 2).
-    assert torch.allclose(f[3, 1:], torch.tensor([2.5, math.sqrt(1.25), 2.75, 2.0]) / s)
+    assert torch.allclose(x0, w / s)
+    # Output channel 0 holds 1, 2, 3, 4 (mean 2.5, std sqrt(1.25)), channel 1 -1, -1, 1, 3
+    # (mean 0.5, std sqrt(2.75)); input channel 0 holds 1, 2, -1, -1 (mean 0.25), channel 1
+    # 3, 4, 1, 3 (mean 2.75); kernel column 0 holds 1, 3, -1, 1 (mean 1), column 1 2, 4, -1, 3
+    # (mean 2).
+    expected_out = torch.tensor([[2.5, math.sqrt(1.25)], [0.5, math.sqrt(2.75)]])
+    assert torch.allclose(per_out, expected_out / s)
+    assert torch.allclose(per_in, torch.tensor([0.25, 2.75]) / s)
+    assert torch.allclose(per_pos, torch.tensor([[1.0, 2.0]]) / s)
+
+
+def _reference_logits(lns: LNSBinarizer, w: torch.Tensor) -> torch.Tensor:
+    """The plain definition: the MLP on the stacked (numel, 5) features, plus w / std."""
+    x0, per_out, per_in, per_pos = feature_terms(w)
+    o, i, kh, kw = w.shape
+    features = torch.stack(
+        [
+            x0,
+            per_out[:, 0].view(o, 1, 1, 1).expand_as(w),
+            per_out[:, 1].view(o, 1, 1, 1).expand_as(w),
+            per_in.view(1, i, 1, 1).expand_as(w),
+            per_pos.view(1, 1, kh, kw).expand_as(w),
+        ],
+        dim=-1,
+    )
+    return x0 + lns.mapping(features.view(-1, 5)).view_as(w)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (5, 3, 1, 1), (4, 2, 1, 2)])
+def test_lns_fused_logits_match_the_mlp_on_stacked_features(shape):
+    """Values and every gradient of the factored network against autograd through the MLP on
+    stacked features, with a trained-like (non-zero) last layer; the loss's logits train
+    only the network."""
+    torch.manual_seed(11)
+    lns = LNSBinarizer(shape[1], shape[0], shape[2:]).double()
+    for p in lns.mapping.parameters():
+        nn.init.normal_(p)
+    w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    up, up_loss = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    params = list(lns.mapping.parameters())
+
+    logits, loss_logits = lns.logits(w)
+    reference = _reference_logits(lns, w)
+    torch.testing.assert_close(logits, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss_logits, reference, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((logits * up).sum() + (loss_logits * up_loss).sum(), [w, *params])
+    wanted_w = torch.autograd.grad((reference * up).sum(), w, retain_graph=True)[0]
+    reference_loss = _reference_logits(lns, w.detach())
+    wanted_params = torch.autograd.grad((reference * up + reference_loss * up_loss).sum(), params)
+    torch.testing.assert_close(got[0], wanted_w, rtol=1e-10, atol=1e-10)
+    for g, wanted in zip(got[1:], wanted_params):
+        torch.testing.assert_close(g, wanted, rtol=1e-10, atol=1e-10)
+    # Either output alone (the other's gradient None) gives its own part.
+    only_loss = torch.autograd.grad((lns.logits(w)[1] * up_loss).sum(), params)
+    reference_loss = _reference_logits(lns, w.detach())
+    wanted_loss = torch.autograd.grad((reference_loss * up_loss).sum(), params)
+    for g, wanted in zip(only_loss, wanted_loss):
+        torch.testing.assert_close(g, wanted, rtol=1e-10, atol=1e-10)
+
+
+def test_lns_fused_logits_gradcheck():
+    """Finite differences: the binary weight's logits in the weight and the network, the
+    loss's logits in the network (the weight is their label, so they have no gradient to it)."""
+    torch.manual_seed(12)
+    first, last = nn.Linear(5, 3).double(), nn.Linear(3, 1).double()
+    params = [p.detach().requires_grad_() for p in (*first.parameters(), *last.parameters())]
+    w = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def logits(which: int, v: torch.Tensor, *net: torch.Tensor) -> torch.Tensor:
+        return _LNSLogits.apply(*feature_terms(v), *net)[which]
+
+    assert torch.autograd.gradcheck(lambda v, *net: logits(0, v, *net), (w, *params))
+    assert torch.autograd.gradcheck(lambda *net: logits(1, w.detach(), *net), tuple(params))
 
 
 def test_lns_starts_at_sign_and_backward_is_ste_on_logit():

@@ -37,32 +37,116 @@ def unbiased_logistic_loss(
     loss l(t, y_clean). logits, noisy_labels (in {-1, +1}): same shape; returns that shape.
     """
     _check_flip_rates(rho_pos, rho_neg)
-    positive = noisy_labels > 0
-    rho_same = torch.where(positive, rho_pos, rho_neg)  # rho_y
-    rho_other = torch.where(positive, rho_neg, rho_pos)  # rho_{-y}
-    loss_y = F.softplus(-noisy_labels * logits)
-    loss_flipped = F.softplus(noisy_labels * logits)
-    return ((1 - rho_other) * loss_y - rho_same * loss_flipped) / (1 - rho_pos - rho_neg)
+    # With y = +-1 and softplus(m) = softplus(-m) + m for the margin m = y t, and
+    # rho_y + rho_{-y} = rho_pos + rho_neg, the loss is
+    # softplus(-m) - rho_y m / (1 - rho_pos - rho_neg), and rho_y m = c m + d t with
+    # c = (rho_pos + rho_neg) / 2, d = (rho_pos - rho_neg) / 2 (y^2 = 1): no per-label select.
+    denominator = 2 * (1 - rho_pos - rho_neg)
+    margin = noisy_labels * logits
+    loss = torch.add(F.softplus(-margin), margin, alpha=-(rho_pos + rho_neg) / denominator)
+    return loss.sub(logits, alpha=(rho_pos - rho_neg) / denominator)
 
 
-def weight_features(w: Tensor) -> Tensor:
-    """Per-weight features of the whole tensor: (C_out, C_in, kh, kw) -> (numel, 5).
+def feature_terms(w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The binarization network's five per-weight features, factored by what each varies
+    with, all divided by the std of the whole tensor (scale-free).
 
-    The weight, the mean and std of its output channel, the mean of its input channel and the
-    mean of its kernel position, all divided by the std of the whole tensor (scale-free).
+    For w (C_out, C_in, kh, kw): ``w / std`` (same shape; feature 0), ``per_out`` (C_out, 2),
+    the mean and std of each output channel (features 1, 2), ``per_in`` (C_in,), the mean of
+    each input channel (feature 3), and ``per_pos`` (kh, kw), the mean at each kernel position
+    (feature 4). Weight (o, i, y, x) has features (w, per_out[o], per_in[i], per_pos[y, x]).
     """
     scale = w.std().clamp_min(1e-12)
-    per_out = w.flatten(1)
-    channel_mean = per_out.mean(1).view(-1, 1, 1, 1)
-    channel_std = per_out.std(1, unbiased=False).view(-1, 1, 1, 1)
-    features = [
-        w,
-        channel_mean.expand_as(w),
-        channel_std.expand_as(w),
-        w.mean(dim=(0, 2, 3), keepdim=True).expand_as(w),
-        w.mean(dim=(0, 1), keepdim=True).expand_as(w),
-    ]
-    return torch.stack(features, dim=-1).div(scale).view(-1, len(features))
+    per_channel = w.flatten(1)
+    per_out = torch.stack([per_channel.mean(1), per_channel.std(1, unbiased=False)], dim=1)
+    return w / scale, per_out / scale, w.mean(dim=(0, 2, 3)) / scale, w.mean(dim=(0, 1)) / scale
+
+
+def _hidden(
+    x0: Tensor, per_out: Tensor, per_in: Tensor, per_pos: Tensor, w1: Tensor, b1: Tensor
+) -> Tensor:
+    """The hidden units relu(w1 f + b1) of every weight: (C_out, C_in, kh * kw, hidden).
+
+    w1 (hidden, 5) is applied to the factored features without stacking them: the input
+    channel's and kernel position's terms and the bias form a (C_in, kh * kw, hidden) table,
+    the output channel's a (C_out, hidden) one; only w / std varies per weight.
+    """
+    o, i, k = x0.shape[0], x0.shape[1], per_pos.numel()
+    table = torch.addcmul(b1, per_pos.reshape(1, k, 1), w1[:, 4])
+    table = torch.addcmul(table, per_in.reshape(i, 1, 1), w1[:, 3])
+    z = torch.addcmul(table.unsqueeze(0), x0.reshape(o, i, k, 1), w1[:, 0])
+    z += (per_out @ w1[:, 1:3].t()).view(o, 1, 1, -1)
+    return z.relu_()
+
+
+def _logits(x0: Tensor, hidden: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """p = w / std + w2 h + b2 (the last layer, hidden -> 1): x0's shape."""
+    return x0 + torch.addmv(b2, hidden.view(-1, hidden.shape[-1]), w2[0]).view_as(x0)
+
+
+class _LNSLogits(torch.autograd.Function):
+    """The logits p twice: for the binary weight (gradient to the features and the network)
+    and for the noisy-label loss (gradient to the network only: there the weight is a label).
+
+    One forward of the network serves both, and the backward is written out: autograd through
+    stacked features and ``nn.Linear`` kept (numel, 5) and (numel, hidden) tensors and ran the
+    network twice per step (LNS cost 3x a float ResNet-18 step). New (numel, hidden) tensors
+    cost most (fresh pages), so the backward reads one saved mask and writes none that big.
+
+    With M = 1[h > 0] (numel, hidden) and g an upstream gradient of p, hidden unit j gets
+    g w2_j M_j, so every gradient is a sum of g M_j against one feature:
+    dL/dW1[j, c] = w2_j S[j, c] with S[j, c] = sum_n g_n M_nj f_nc, dL/db1 = w2 S_b, and since
+    h_j = M_j (W1[j] f + b1_j), dL/dw2_j = sum_c W1[j, c] S[j, c] + b1_j S_b[j].
+    """
+
+    @staticmethod
+    def forward(ctx, x0, per_out, per_in, per_pos, w1, b1, w2, b2):
+        hidden = _hidden(x0, per_out, per_in, per_pos, w1, b1)
+        logits = _logits(x0, hidden, w2, b2)
+        mask = hidden.sign_()  # h >= 0: 1[h > 0], in h's memory (h is not needed again)
+        ctx.save_for_backward(x0, per_out, per_in, per_pos, w1, b1, w2, mask)
+        ctx.set_materialize_grads(False)
+        return logits, logits.clone()
+
+    @staticmethod
+    def backward(ctx, grad_logits, grad_loss_logits):
+        x0, per_out, per_in, per_pos, w1, b1, w2, mask = ctx.saved_tensors
+        o, i, k, width = mask.shape
+        flat = mask.view(-1, width)
+        out: list[Tensor | None] = [None] * 8
+        present = [g.reshape(o, i, k) for g in (grad_logits, grad_loss_logits) if g is not None]
+        if not present:
+            return tuple(out)
+        # g of the network (both logits train it) and of the features (only the first)
+        grad_net = present[0] if len(present) == 1 else present[0] + present[1]
+        grad_features = None
+        if grad_logits is not None and any(ctx.needs_input_grad[:4]):
+            grad_features = grad_logits.reshape(o, i, k)
+        # Sums of g M per output channel, (C_out, 1 or 2, hidden): one pass over M.
+        grads = [grad_net] if grad_features is None else [grad_net, grad_features]
+        per_channel = torch.stack(grads, 1).view(o, len(grads), i * k)
+        per_channel = torch.bmm(per_channel, mask.view(o, i * k, width))
+        if any(ctx.needs_input_grad[4:]):
+            against = [grad_net * x0.view(o, i, k), grad_net * per_in.view(1, i, 1)]
+            against.append(grad_net * per_pos.view(1, 1, k))
+            sums = flat.t() @ torch.stack(against, dim=-1).view(-1, 3)  # features 0, 3, 4
+            sum_out = per_channel[:, 0]
+            sum_bias = sum_out.sum(0)
+            by_out = sum_out.t() @ per_out  # features 1, 2
+            s = torch.stack([sums[:, 0], by_out[:, 0], by_out[:, 1], sums[:, 1], sums[:, 2]], 1)
+            out[4] = w2[0].unsqueeze(1) * s
+            out[5] = w2[0] * sum_bias
+            out[6] = ((w1 * s).sum(1) + b1 * sum_bias).unsqueeze(0)
+            out[7] = grad_net.sum().reshape(1)
+        if grad_features is not None:
+            coef = w2[0].unsqueeze(1) * w1  # dp/df through each hidden unit: (hidden, 5)
+            through = (flat @ coef[:, [0, 3, 4]]).view(o, i, k, 3)
+            g = grad_features
+            out[0] = (g + g * through[..., 0]).view_as(x0)
+            out[1] = per_channel[:, -1] @ coef[:, 1:3]
+            out[2] = (g * through[..., 1]).sum((0, 2))
+            out[3] = (g * through[..., 2]).sum((0, 1)).view_as(per_pos)
+        return tuple(out)
 
 
 @BINARIZERS.register_module(name="lns")
@@ -102,36 +186,43 @@ class LNSBinarizer(Binarizer):
         )
         nn.init.zeros_(self.mapping[-1].weight)
         nn.init.zeros_(self.mapping[-1].bias)
-        self._last_weight: Tensor | None = None
+        self._last: tuple[Tensor, Tensor] | None = None
 
-    def logits(self, w: Tensor) -> Tensor:
-        """The learned binarization logit p, same shape as ``w``."""
-        base = w / w.std().clamp_min(1e-12)
-        return base + self.mapping(weight_features(w)).view_as(w)
+    def logits(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """The learned binarization logit p (``w``'s shape), twice: the first for the binary
+        weight, the second, equal, for the noisy-label loss (no gradient to ``w``)."""
+        x0, per_out, per_in, per_pos = feature_terms(w)
+        first, last = self.mapping[0], self.mapping[2]
+        params = (first.weight, first.bias, last.weight, last.bias)
+        if torch.jit.is_scripting():  # inference: the same forward, without autograd
+            hidden = _hidden(x0, per_out, per_in, per_pos, first.weight, first.bias)
+            logits = _logits(x0, hidden, last.weight, last.bias)
+            return logits, logits
+        return _LNSLogits.apply(x0, per_out, per_in, per_pos, *params)
 
     def activation_sign(self, u: Tensor) -> Tensor:
         return approx_sign(u)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
+        logits, loss_logits = self.logits(w)
         if not torch.jit.is_scripting():
-            self._remember(w)
-        binary = sign_ste(self.logits(w))
+            self._remember(w, loss_logits)
+        binary = sign_ste(logits)
         return channel_mean_abs(w) * binary if self.scale else binary
 
     @torch.jit.unused
-    def _remember(self, w: Tensor) -> None:
-        self._last_weight = w.detach()
+    def _remember(self, w: Tensor, loss_logits: Tensor) -> None:
+        self._last = (loss_logits, w.detach())
 
     def noisy_label_loss(self) -> Tensor:
-        """Mean unbiased loss of the logits of the last forward's weight against sign(W).
+        """Mean unbiased loss of the last forward's logits against sign(W).
 
-        Only the binarization network learns from it (the weight enters detached).
+        Only the binarization network learns from it (the weight is the label).
         """
-        if self._last_weight is None:
+        if self._last is None:
             raise RuntimeError("noisy_label_loss() needs a forward of the layer first")
-        w = self._last_weight
-        loss = unbiased_logistic_loss(self.logits(w), hard_sign(w), self.rho_pos, self.rho_neg)
-        return loss.mean()
+        logits, w = self._last
+        return unbiased_logistic_loss(logits, hard_sign(w), self.rho_pos, self.rho_neg).mean()
 
 
 def lns_noisy_label_loss(model: nn.Module) -> Tensor:
