@@ -7,7 +7,14 @@ import torch.nn.functional as F
 
 from cmim_dense.binary import build_binarizer, list_binarizers, sign_ste
 from cmim_dense.binary.adabin import Maxout
-from cmim_dense.binary.functions import channel_mean_abs, hard_sign, ste_grad
+from cmim_dense.binary.functions import (
+    approx_sign_grad,
+    channel_mean_abs,
+    ede_grad,
+    hard_sign,
+    ste_grad,
+    training_aware_grad,
+)
 from cmim_dense.binary.fused import mean_abs_sign
 
 
@@ -122,3 +129,34 @@ def test_maxout_keeps_infinities_and_finite_slope_gradients():
     assert torch.equal(out, x.detach() * torch.where(x.detach() > 0, pos, neg))
     out.sum().backward()
     assert maxout.pos_scale.grad[0] == 2.0 and maxout.neg_scale.grad[1] == -1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_in_place_surrogate_gradients_match_their_formulas(dtype):
+    """ApproxSign and RBNN's training-aware gradient are computed in place: the values of the
+    plain products bit for bit. EDE's k t (1 - tanh(t x)^2) comes from a sigmoid: within 4
+    units in the last place of the exact value, plus what rounding t |x| costs, wherever that
+    is a normal number (the tanh form's 1 - y^2 is off by 70 units at t = 0.1 and gives 0 far
+    from 0), never above it in
+    the subnormal tail, and no NaN for a huge gradient (no inf * 0)."""
+    torch.manual_seed(3)
+    x = torch.cat([torch.randn(500, dtype=torch.float64) * 3, torch.tensor([0.0, 1.0, 40.0])])
+    x = torch.cat([x, -x, torch.linspace(-30, 30, 20001, dtype=torch.float64)]).to(dtype)
+    grad = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    t, k = torch.tensor(3.0, dtype=dtype), torch.tensor(1.5, dtype=dtype)
+    assert torch.equal(approx_sign_grad(grad, x), grad * (2 - 2 * x.abs()).clamp(min=0))
+    plain = grad * (k * (2**0.5 * t - t * t * x.abs()).clamp(min=0))
+    assert torch.equal(training_aware_grad(grad, x, t, k), plain)
+
+    info = torch.finfo(dtype)
+    for t_value in (0.1, 1.0, 3.0, 10.0):
+        t = torch.tensor(t_value, dtype=dtype)
+        ede = ede_grad(torch.ones_like(x), x, t, k).double()
+        exact = 1.5 * t_value / torch.cosh(t_value * x.double()) ** 2
+        normal = exact >= info.tiny / info.eps
+        # exp's argument -2 t |x| is rounded first: a relative error of eps 2 t |x| at most
+        bound = info.eps * (4 + 2 * t_value * x.double().abs()) * exact
+        assert ((ede - exact).abs() <= bound)[normal].all()
+        assert (ede[~normal] <= 2 * exact[~normal] + info.tiny).all()
+    huge = torch.full_like(x, info.max)
+    assert not ede_grad(huge, x, t, k).isnan().any()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from cmim_dense.binary.functions import approx_sign_derivative, hard_sign, ste_grad
+from cmim_dense.binary.functions import approx_sign_grad, hard_sign, ste_grad
 
 
 class _ShiftedSign(torch.autograd.Function):
@@ -36,7 +36,7 @@ class _ShiftedSign(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, center = ctx.saved_tensors
         u = x - center
-        grad_x = grad * approx_sign_derivative(u) if ctx.approx else ste_grad(grad, u)
+        grad_x = approx_sign_grad(grad, u) if ctx.approx else ste_grad(grad, u)
         grad_center = -grad_x.sum_to_size(center.shape) if ctx.needs_input_grad[1] else None
         return grad_x, grad_center, None
 
