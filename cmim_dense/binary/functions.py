@@ -185,13 +185,6 @@ def _reduce_dims(w: Tensor) -> list[int]:
     return list(range(1, w.dim()))
 
 
-def standardize_per_channel(w: Tensor) -> Tensor:
-    """(W - mean) / std per output channel (unbiased std, as torch.std): (O, ...) -> same shape."""
-    dims = _reduce_dims(w)
-    centred = w - w.mean(dim=dims, keepdim=True)
-    return centred / centred.std(dim=dims, keepdim=True).clamp_min(1e-12)
-
-
 def channel_mean_abs(w: Tensor) -> Tensor:
     """Per-output-channel mean(|W|): (O, I, kh, kw) -> (O, 1, 1, 1)."""
     return w.abs().mean(dim=_reduce_dims(w), keepdim=True)

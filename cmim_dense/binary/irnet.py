@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from cmim_dense.binary.base import Binarizer
-from cmim_dense.binary.functions import ede_sign, standardize_per_channel
+from cmim_dense.binary.functions import ede_sign
+from cmim_dense.binary.fused import standardize_per_channel
 from cmim_dense.binary.registry import BINARIZERS
 
 

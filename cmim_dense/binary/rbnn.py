@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cmim_dense.binary.functions import hard_sign, rbnn_sign, standardize_per_channel
+from cmim_dense.binary.functions import hard_sign, rbnn_sign
+from cmim_dense.binary.fused import standardize_per_channel
 from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
