@@ -33,9 +33,10 @@ def hard_sign(x: Tensor) -> Tensor:
     """+1 where x > 0, else -1 (so sign(0) = -1): the output set is exactly {-1, +1}.
 
     sign(x) is -1, 0 or +1 (torch.sign(NaN) is 0); ``threshold`` maps every value not above 0
-    to -1. The values of ``torch.where(x > 0, 1, -1)``, in two float kernels.
+    to -1. The values of ``torch.where(x > 0, 1, -1)``, in two float kernels and one new
+    tensor.
     """
-    return F.threshold(torch.sign(x), 0.0, -1.0)
+    return F.threshold(torch.sign(x), 0.0, -1.0, inplace=True)
 
 
 def ste_grad(grad: Tensor, x: Tensor) -> Tensor:

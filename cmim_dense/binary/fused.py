@@ -56,23 +56,28 @@ def shifted_sign(x: Tensor, center: Tensor, approx: bool) -> Tensor:
 
 
 class _AdaBinActivation(torch.autograd.Function):
-    """alpha sign(u) + beta, u = (x - beta) / alpha, with the clipped STE at u."""
+    """alpha sign(u) + beta, u = (x - beta) / alpha, with the clipped STE at u.
+
+    Forward and backward write two and three new tensors (one per operator wrote five and
+    seven): a new tensor costs its page faults on every activation.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-        u = (x - beta) / alpha
+        u = torch.sub(x, beta).div_(alpha)
         ctx.save_for_backward(u)  # the one tensor the backward reads
         # beta + alpha * (+-1) is exactly alpha + beta or beta - alpha (in mixed precision,
         # alpha and beta are first rounded to x's dtype)
-        return torch.addcmul(beta, hard_sign(u), alpha)
+        signs = hard_sign(u)
+        return torch.addcmul(beta, signs, alpha, out=signs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (u,) = ctx.saved_tensors
         grad_x = ste_grad(grad, u)
-        u_inside = ste_grad(u, u)  # u 1[|u| <= 1]
-        grad_alpha = (grad * (hard_sign(u) - u_inside)).sum()
-        grad_beta = (grad - grad_x).sum()
+        inside = ste_grad(u, u)  # u 1[|u| <= 1]
+        grad_alpha = hard_sign(u).sub_(inside).mul_(grad).sum()
+        grad_beta = torch.sub(grad, grad_x, out=inside).sum()
         return grad_x, grad_alpha, grad_beta
 
 
@@ -89,28 +94,33 @@ def adabin_activation(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
 
 
 class _Maxout(torch.autograd.Function):
-    """p_c relu(x) - n_c relu(-x) for (N, C, H, W) x and (C,) slopes p, n."""
+    """p_c relu(x) - n_c relu(-x) for (N, C, H, W) x and (C,) slopes p, n; saves x.
+
+    Forward and backward write three and four new tensors (one per operator wrote four and
+    nine): a new tensor costs its page faults on every activation.
+    """
 
     @staticmethod
-    def forward(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        return _maxout_value(x, pos, neg)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, pos, neg = inputs
+    def forward(ctx, x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         ctx.save_for_backward(x, pos, neg)
+        return _maxout_value(x, pos, neg)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, pos, neg = ctx.saved_tensors
+        slope_pos, slope_neg = pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1)
         # ATen's relu backward passes grad where its input is > 0: the two halves, exactly
         # (relu'(0) = 0: no slope at exactly 0), in float kernels only (see hard_sign).
+        # Each half's slope gradient multiplies by relu(x) or relu(-x), never by x: an
+        # infinite x of the other half would give 0 * inf.
         grad_above = torch.ops.aten.threshold_backward(grad, x, 0)
-        grad_below = torch.ops.aten.threshold_backward(grad, x.neg(), 0)
-        slope_pos, slope_neg = pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1)
-        grad_x = torch.addcmul(grad_above * slope_pos, grad_below, slope_neg)
-        grad_pos = (grad_above * F.relu(x)).sum((0, 2, 3))
-        grad_neg = (grad_below * x.clamp(max=0)).sum((0, 2, 3))
+        grad_x = torch.mul(grad_above, slope_pos)
+        half = F.relu(x)
+        grad_pos = grad_above.mul_(half).sum((0, 2, 3))
+        half = torch.neg(x, out=half).relu_()  # relu(-x), in relu(x)'s memory
+        grad_below = torch.ops.aten.threshold_backward(grad, half, 0)
+        grad_x.addcmul_(grad_below, slope_neg)
+        grad_neg = grad_below.mul_(half).sum((0, 2, 3)).neg_()  # sum of g min(x, 0)
         return grad_x, grad_pos, grad_neg
 
 
@@ -118,7 +128,7 @@ def _maxout_value(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """p_c relu(x) + n_c min(x, 0): one half is exactly 0, so each value is x p_c or x n_c
     exactly (infinities too), as ``x * where(x > 0, p, n)`` gives it, in float kernels only."""
     slope_pos, slope_neg = pos.view(1, -1, 1, 1), neg.view(1, -1, 1, 1)
-    return torch.addcmul(F.relu(x) * slope_pos, x.clamp(max=0), slope_neg)
+    return torch.mul(F.relu(x), slope_pos).addcmul_(x.clamp(max=0), slope_neg)
 
 
 @register_notrace_function
