@@ -218,3 +218,47 @@ def standardize_per_channel(w: Tensor) -> Tensor:
     if torch.jit.is_scripting():
         return _standardized(w)[0].view_as(w)
     return _Standardize.apply(w)
+
+
+def _rprelu_value(x: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor) -> Tensor:
+    """PReLU(x - shift_in) + shift_out, as ``F.prelu`` computes it."""
+    return F.prelu(x - shift_in, slope) + shift_out
+
+
+class _RPReLU(torch.autograd.Function):
+    """ReActNet's RPReLU, PReLU(x - gamma_c) + zeta_c, with the backward written out: autograd
+    negated a whole activation-sized gradient before reducing it to gamma's (C,) and ran
+    ATen's slow PReLU backward; this saves u = x - gamma only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor) -> Tensor:
+        u = x - shift_in
+        weight = slope.view(1, -1, 1, 1)
+        ctx.save_for_backward(u, weight)
+        out = torch.ops.aten._prelu_kernel(u, weight)
+        if out.dtype == torch.promote_types(out.dtype, shift_out.dtype):
+            return out.add_(shift_out)
+        return out + shift_out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, weight = ctx.saved_tensors
+        # ATen's _prelu_kernel_backward gives the same values but ran 4.7x slower than these
+        # four float passes on CPU (torch 2.14, AMD Zen 4): the gradient where u > 0, the rest
+        # (exactly g where u <= 0), the slope's share a g added to the first, g u summed.
+        grad_u = torch.ops.aten.threshold_backward(grad, u, 0)
+        grad_below = torch.sub(grad, grad_u)
+        grad_u.addcmul_(grad_below, weight)
+        sum_c = (0, 2, 3)
+        grad_slope = grad_below.mul_(u).sum(sum_c)
+        grad_shift_in = grad_u.sum(sum_c, keepdim=True).neg_()  # sum of -g: exact
+        return grad_u, grad_shift_in, grad_slope, grad.sum(sum_c, keepdim=True)
+
+
+@register_notrace_function
+def rprelu(x: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor) -> Tensor:
+    """RPReLU: PReLU(x - shift_in) + shift_out for (N, C, H, W) x, (1, C, 1, 1) shifts and
+    (C,) PReLU slopes; x's shape out."""
+    if torch.jit.is_scripting():
+        return _rprelu_value(x, shift_in, slope, shift_out)
+    return _RPReLU.apply(x, shift_in, slope, shift_out)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from cmim_dense.binary import BinaryConv2d
 from cmim_dense.binary.adabin import Maxout
+from cmim_dense.binary.fused import rprelu
 from cmim_dense.registry import MODELS
 from cmim_dense.utils.checkpoint import load_state_dict_strict, read_state_dict
 from cmim_dense.utils.errors import InputError
@@ -45,7 +46,7 @@ class RPReLU(nn.Module):
         self.shift_out = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.prelu(x - self.shift_in) + self.shift_out
+        return rprelu(x, self.shift_in, self.prelu.weight, self.shift_out)
 
 
 # Block name -> the activation after each residual add (None: none, as in Bi-Real / IR-Net).
