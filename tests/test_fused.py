@@ -15,7 +15,12 @@ from cmim_dense.binary.functions import (
     ste_grad,
     training_aware_grad,
 )
-from cmim_dense.binary.fused import mean_abs_sign, standardize_per_channel
+from cmim_dense.binary.fused import (
+    adabin_weight,
+    adabin_weight_set,
+    mean_abs_sign,
+    standardize_per_channel,
+)
 from cmim_dense.models.backbones.bin_resnet import RPReLU
 
 
@@ -203,3 +208,35 @@ def test_rprelu_matches_the_module_formula():
     assert torch.equal(out, ref)
     for got, expected in zip(grads, ref_grads):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_adabin_weight_matches_the_formula_with_a_clamped_channel():
+    """AdaBin's weight Function against autograd through the set, the division and EDE's
+    smooth surrogate k tanh(t u): values bit for bit, gradients to 1e-9 in float64; and a
+    constant channel (alpha clamped: no gradient through alpha), where autograd gave NaN."""
+    torch.manual_seed(7)
+    t, k = torch.tensor(1.7, dtype=torch.float64), torch.tensor(1.2, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    w[2] = -0.5
+
+    def plain(v):
+        beta, alpha, _ = adabin_weight_set(v)
+        u = (v - beta) / alpha
+        smooth = k * torch.tanh(t * u)
+        return alpha * (hard_sign(u) + smooth - smooth.detach()) + beta
+
+    for v in (w.float(), w):
+        beta, alpha, _ = adabin_weight_set(v)
+        expected = alpha * hard_sign((v - beta) / alpha) + beta
+        assert torch.equal(adabin_weight(v, t.to(v.dtype), k.to(v.dtype)), expected)
+    _, grads = _grads(lambda v: adabin_weight(v, t, k), w, [])
+    _, ref_grads = _grads(plain, w, [])
+    varied = [0, 1, 3]
+    torch.testing.assert_close(grads[0][varied], ref_grads[0][varied], rtol=1e-9, atol=1e-9)
+    # The constant channel: autograd's sqrt backward at 0 gave NaN (0 * inf) through the
+    # clamp. Here u = 0, e(0) = k t, and only beta's and the sign's terms are left.
+    assert ref_grads[0][2].isnan().all()
+    torch.manual_seed(2)
+    g = torch.randn_like(w)[2]  # the upstream gradient _grads drew
+    expected = k * t * g + (g.sum() - k * t * g.sum()) / g.numel()
+    torch.testing.assert_close(grads[0][2], expected, rtol=1e-12, atol=1e-12)

@@ -11,8 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from cmim_dense.binary.functions import ede_sign
-from cmim_dense.binary.fused import adabin_activation, maxout
+from cmim_dense.binary.fused import adabin_activation, adabin_weight, adabin_weight_set, maxout
 from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
 
@@ -49,10 +48,8 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
     @staticmethod
     def weight_set(w: Tensor) -> tuple[Tensor, Tensor]:
         """(beta_w, alpha_w), each (C_out, 1, 1, 1), of a (C_out, C_in, kh, kw) weight."""
-        dims = list(range(1, w.dim()))
-        beta = w.mean(dim=dims, keepdim=True)
-        alpha = (w - beta).pow(2).mean(dim=dims, keepdim=True).sqrt()
-        return beta, alpha.clamp_min(1e-8)
+        beta, alpha, _ = adabin_weight_set(w)
+        return beta, alpha
 
     def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.beta_a, self.alpha_a
@@ -64,8 +61,7 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
         return adabin_activation(x, self.alpha_a, self.beta_a)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
-        beta, alpha = self.weight_set(w)
-        return alpha * ede_sign((w - beta) / alpha, self.t, self.k) + beta
+        return adabin_weight(w, self.t, self.k)
 
 
 class Maxout(nn.Module):

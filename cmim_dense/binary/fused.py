@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from cmim_dense.binary.functions import approx_sign_grad, hard_sign, ste_grad
+from cmim_dense.binary.functions import approx_sign_grad, ede_grad, hard_sign, ste_grad
 
 
 class _ShiftedSign(torch.autograd.Function):
@@ -262,3 +262,56 @@ def rprelu(x: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor) -> Ten
     if torch.jit.is_scripting():
         return _rprelu_value(x, shift_in, slope, shift_out)
     return _RPReLU.apply(x, shift_in, slope, shift_out)
+
+
+def adabin_weight_set(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """AdaBin's per-output-channel set of a (C_out, ...) weight: beta = mean(W), and
+    alpha = ||W - beta||_2 / sqrt(n) clamped to at least 1e-8, with the unclamped alpha; each
+    (C_out, 1, ..., 1)."""
+    dims = list(range(1, w.dim()))
+    beta = w.mean(dim=dims, keepdim=True)
+    raw_alpha = (w - beta).pow(2).mean(dim=dims, keepdim=True).sqrt()
+    return beta, raw_alpha.clamp_min(1e-8), raw_alpha
+
+
+class _AdaBinWeight(torch.autograd.Function):
+    """AdaBin's binary weight alpha sign(u) + beta, u = (W - beta) / alpha per output channel,
+    with EDE's derivative e(u) through the sign and the backward written out.
+
+    With n weights per channel, upstream g, ge = g e(u) and s = sign(u), since
+    d alpha / dW = u / n and d beta / dW = 1 / n:
+    dL/dW = ge + (sum g - sum ge) / n + u (sum g s - sum ge u) / n, the last term absent
+    where alpha was clamped. Autograd through the set, the division and the sign kept about
+    ten weight-sized tensors; this keeps u and writes two.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, t: Tensor, k: Tensor) -> Tensor:
+        beta, alpha, raw_alpha = adabin_weight_set(w)
+        u = torch.sub(w, beta).div_(alpha)
+        ctx.save_for_backward(u, raw_alpha, t, k)
+        return hard_sign(u).mul_(alpha).add_(beta)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, raw_alpha, t, k = ctx.saved_tensors
+        channels, n = u.shape[0], u[0].numel()
+        through_sign = ede_grad(grad, u, t, k)
+        flat_g, flat_ge = grad.reshape(channels, 1, n), through_sign.view(channels, 1, n)
+        flat_u = u.view(channels, n, 1)
+        by_beta = (flat_g.sum(2) - flat_ge.sum(2)) / n
+        by_alpha = torch.bmm(flat_g, hard_sign(flat_u)) - torch.bmm(flat_ge, flat_u)
+        by_alpha = torch.where(raw_alpha.view(-1, 1) >= 1e-8, by_alpha.view(-1, 1) / n, 0.0)
+        grad_w = flat_ge.view(channels, n).add_(by_beta).addcmul_(u.view(channels, n), by_alpha)
+        return grad_w.view_as(u), None, None
+
+
+@register_notrace_function
+def adabin_weight(w: Tensor, t: Tensor, k: Tensor) -> Tensor:
+    """AdaBin's binary weight of a (C_out, C_in, kh, kw) ``w``, same shape: values in
+    {beta - alpha, beta + alpha} per output channel, EDE's (t, k) gradient through the sign
+    and the exact gradients of alpha and beta."""
+    if torch.jit.is_scripting():
+        beta, alpha, _ = adabin_weight_set(w)
+        return alpha * hard_sign((w - beta) / alpha) + beta
+    return _AdaBinWeight.apply(w, t, k)
