@@ -239,3 +239,17 @@ def test_adabin_weight_matches_the_formula_with_a_clamped_channel():
     g = torch.randn_like(w)[2]  # the upstream gradient _grads drew
     expected = k * t * g + (g.sum() - k * t * g.sum()) / g.numel()
     torch.testing.assert_close(grads[0][2], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_adabin_weight_backward_takes_a_channels_last_weight():
+    """A channels_last weight (``model.to(memory_format=torch.channels_last)``) gives the
+    gradient of the contiguous one."""
+    torch.manual_seed(8)
+    t, k = torch.tensor(1.3), torch.tensor(1.1)
+    w, upstream = torch.randn(5, 4, 3, 3), torch.randn(5, 4, 3, 3)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        v = w.clone(memory_format=layout).requires_grad_(True)
+        (adabin_weight(v, t, k) * upstream).sum().backward()
+        grads.append(v.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6)

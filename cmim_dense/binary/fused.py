@@ -3,8 +3,10 @@
 Autograd through the plain formulas runs one kernel per operator forward and backward, and
 keeps every intermediate; each Function here computes its output with fewer passes over the
 tensor and saves only what its backward reads. The values are those of the plain formulas
-bit for bit, and the gradients are their exact derivatives (``tests/test_fused.py`` checks
-both against the unfused path). Like :mod:`cmim_dense.binary.functions`, each has a plain
+bit for bit (the standardisation's std, taken as a norm, aside), and the gradients are their
+exact derivatives (``tests/test_fused.py`` checks both against the unfused path). The
+backwards write into their own buffers (``out=``), so they are not differentiable again:
+``create_graph=True`` through them raises. Like :mod:`cmim_dense.binary.functions`, each has a plain
 TorchScript branch (inference only) and is one call for FX.
 """
 
@@ -297,14 +299,16 @@ class _AdaBinWeight(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         u, variance, t, k = ctx.saved_tensors
         channels, n = u.shape[0], u[0].numel()
-        through_sign = ede_grad(grad, u, t, k)
-        flat_g, flat_ge = grad.reshape(channels, 1, n), through_sign.view(channels, 1, n)
-        flat_u = u.view(channels, n, 1)
-        by_beta = (flat_g.sum(2) - flat_ge.sum(2)) / n
-        by_alpha = torch.bmm(flat_g, hard_sign(flat_u)) - torch.bmm(flat_ge, flat_u)
+        # reshape, not view: a channels_last weight gives channels_last u
+        flat_u = u.reshape(channels, n)
+        flat_ge = ede_grad(grad, u, t, k).reshape(channels, n)
+        flat_g = grad.reshape(channels, n)
+        by_beta = (flat_g.sum(1, keepdim=True) - flat_ge.sum(1, keepdim=True)) / n
+        by_alpha = torch.bmm(flat_g.unsqueeze(1), hard_sign(flat_u).unsqueeze(2))
+        by_alpha = by_alpha - torch.bmm(flat_ge.unsqueeze(1), flat_u.unsqueeze(2))
         by_alpha = torch.where(variance.view(-1, 1) >= 1e-16, by_alpha.view(-1, 1) / n, 0.0)
-        grad_w = flat_ge.view(channels, n).add_(by_beta).addcmul_(u.view(channels, n), by_alpha)
-        return grad_w.view_as(u), None, None
+        grad_w = flat_ge.add_(by_beta).addcmul_(flat_u, by_alpha)
+        return grad_w.view(u.shape), None, None
 
 
 @register_notrace_function

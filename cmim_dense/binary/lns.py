@@ -217,7 +217,10 @@ class LNSBinarizer(Binarizer):
     def noisy_label_loss(self) -> Tensor:
         """Mean unbiased loss of the last forward's logits against sign(W).
 
-        Only the binarization network learns from it (the weight is the label).
+        Only the binarization network learns from it (the weight is the label). The logits
+        are those of the last forward, graph included: add this loss to that forward's loss
+        and call backward once (as the classifier does); after a forward without autograd it
+        has no gradient.
         """
         if self._last is None:
             raise RuntimeError("noisy_label_loss() needs a forward of the layer first")
