@@ -4,8 +4,9 @@ cmim-dense benchmark cmim [--iters 15]
     one training step of a binary ResNet-18 with and without CMIM, at batch 32 / 32x32
     and batch 16 / 112x112; last line: cmim_step/plain_step: <flip> (flip) <embed> (embed, ...)
 cmim-dense benchmark transfer [--config CFG] [--batch 2] [--size 240 320] [--backend openvino]
-    one training step of the dense model with the frozen backbone vs full fine-tuning;
-    last line: frozen_step/finetune_step: <ratio>
+                              [--threads 2]
+    one training step of the dense model with the frozen backbone vs full fine-tuning (the
+    demo's chains run at --threads 1); last line: frozen_step/finetune_step: <ratio>
 cmim-dense benchmark deploy [--config CFG] [--size 480 640]
     the config's frozen binary backbone at batch 1 on 2 threads: PyTorch simulation, OpenVINO fp32
     IR, OpenVINO bit-packed binary IR, and every binary 3x3 layer alone; last lines:
@@ -54,14 +55,18 @@ def run_cmim(args: argparse.Namespace) -> None:
 
 
 def run_transfer(args: argparse.Namespace) -> None:
+    import torch
+
     from cmim_dense.bench.timing import median_step_times
     from cmim_dense.bench.transfer import transfer_steps
 
+    torch.set_num_threads(args.threads)
     height, width = args.size
     steps = transfer_steps(args.config, args.batch, height, width, args.backend)
     times = median_step_times(steps, args.iters)
     print(
-        f"{args.config} batch {args.batch} at {height}x{width}: frozen "
+        f"{args.config} batch {args.batch} at {height}x{width}, "
+        f"{args.threads} thread{'s' if args.threads > 1 else ''}: frozen "
         f"{times['frozen'] * 1e3:.1f} ms, finetune {times['finetune'] * 1e3:.1f} ms"
     )
     print(f"frozen_step/finetune_step: {times['frozen'] / times['finetune']:.3f}")
@@ -131,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     transfer.add_argument("--iters", type=iters, default=10)
     transfer.add_argument("--backend", default="torch", choices=["torch", "openvino"])
+    transfer.add_argument("--threads", type=int_at_least(1), default=2)
     deploy = sub.add_parser("deploy", help="the binary backbone in PyTorch and in OpenVINO")
     deploy.add_argument("--config", default=MAIN_CONFIG)
     deploy.add_argument(

@@ -58,7 +58,9 @@ test_dataloader = dict(
 val_dataloader = None
 val_evaluator = None
 val_cfg = None
-max_iters = 600
+# 700, not 600: +1.4 mIoU points and a lower RMSE on each of 3 seeds for about 15 % more
+# transfer time (README, demo)
+max_iters = 700
 optim_wrapper = dict(
     _delete_=True, type="OptimWrapper", optimizer=dict(type="AdamW", lr=4e-3, weight_decay=1e-4)
 )
