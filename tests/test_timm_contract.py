@@ -171,6 +171,19 @@ def test_every_binarizer_scripts_and_traces(name):
     torch.testing.assert_close(xg.grad, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", list_binarizers())
+def test_every_scripted_binarizer_runs_backward(name):
+    """TorchScript runs the plain formulas, without the surrogate gradients (docs/binarizers.md),
+    but a scripted model's backward runs: IR-Net's and RBNN's standardisation divided in place
+    a tensor its norm's backward reads."""
+    net = torch.jit.script(_unit(name).train())
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    net(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    weight = net[1].weight.grad
+    assert weight is not None and torch.isfinite(weight).all()
+
+
 def test_default_model_scripts_whole():
     model = _timm(num_classes=3).eval()
     x = torch.randn(1, 3, 32, 32)

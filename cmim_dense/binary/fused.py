@@ -176,16 +176,18 @@ def mean_abs_sign(w: Tensor) -> Tensor:
     return _MeanAbsSign.apply(w)
 
 
-def _standardized(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _standardized(w: Tensor, inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(W - mean) / std per output channel of (O, ...) W: the (O, n) result, the clamped std
     (O, 1) it was divided by, and the unclamped one. std is unbiased (as torch.std), taken as
     ||W - mean|| / sqrt(n - 1): torch's std reduction (Welford) ran 13x slower than a norm on
-    a ResNet-18 weight on CPU (torch 2.14, AMD Zen 4)."""
+    a ResNet-18 weight on CPU (torch 2.14, AMD Zen 4). ``inplace`` divides W - mean in place,
+    which autograd cannot differentiate (the norm's backward reads it): only without autograd.
+    """
     flat = w.flatten(1)
     centred = flat - flat.mean(1, keepdim=True)
     raw_std = torch.linalg.vector_norm(centred, dim=1, keepdim=True) / math.sqrt(flat.shape[1] - 1)
     std = raw_std.clamp_min(1e-12)
-    return centred.div_(std), std, raw_std
+    return (centred.div_(std) if inplace else centred / std), std, raw_std
 
 
 class _Standardize(torch.autograd.Function):
@@ -199,7 +201,7 @@ class _Standardize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor) -> Tensor:
-        y, std, raw_std = _standardized(w)
+        y, std, raw_std = _standardized(w, inplace=True)
         ctx.save_for_backward(y, std, raw_std)
         return y.view_as(w)
 
@@ -219,7 +221,7 @@ def standardize_per_channel(w: Tensor) -> Tensor:
     """(W - mean) / std per output channel (unbiased std, as torch.std): (O, ...) -> same
     shape, the std clamped to at least 1e-12."""
     if torch.jit.is_scripting():
-        return _standardized(w)[0].view_as(w)
+        return _standardized(w, inplace=False)[0].view_as(w)
     return _Standardize.apply(w)
 
 
