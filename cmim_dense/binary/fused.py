@@ -143,12 +143,17 @@ def maxout(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
 
 
 class _MeanAbsSign(torch.autograd.Function):
-    """mean(|W|)_c sign(W) per output channel, clipped STE through the sign."""
+    """mean(|W|)_c sign(W) per output channel, clipped STE through the sign.
+
+    Forward and backward write two weight-sized tensors each (autograd of the formula wrote
+    three and seven): at 32 px the weights outweigh the activations, and each new tensor costs
+    its page faults every step.
+    """
 
     @staticmethod
     def forward(w: Tensor) -> Tensor:
         dims = list(range(1, w.dim()))
-        return w.abs().mean(dims, keepdim=True) * hard_sign(w)
+        return hard_sign(w).mul_(w.abs().mean(dims, keepdim=True))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -160,9 +165,12 @@ class _MeanAbsSign(torch.autograd.Function):
         w, out = ctx.saved_tensors
         dims = list(range(1, w.dim()))
         alpha = out.flatten(1)[:, :1].abs().view(-1, *([1] * len(dims)))  # |±alpha| = alpha
-        through_sign = ste_grad(grad * alpha, w)
-        grad_alpha = (grad * hard_sign(w)).sum(dims, keepdim=True)
-        return through_sign + grad_alpha / w[0].numel() * torch.sgn(w)
+        # ste_grad passes grad or writes 0, so scaling after it gives autograd's values
+        through_sign = ste_grad(grad, w).mul_(alpha)
+        signs = hard_sign(w)
+        grad_alpha = signs.mul_(grad).sum(dims, keepdim=True)
+        by_alpha = torch.sgn(w, out=signs).mul_(grad_alpha / w[0].numel())
+        return through_sign.add_(by_alpha)
 
 
 @register_notrace_function
