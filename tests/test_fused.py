@@ -82,6 +82,14 @@ def test_mean_abs_sign_matches_autograd_of_the_formula_bit_for_bit():
     assert torch.equal(g, g_ref)
 
 
+def test_mean_abs_sign_backward_is_not_differentiable_again():
+    """Its backward writes into its own buffers (CHANGELOG, Second-order gradients): a second
+    derivative raises instead of coming out wrong."""
+    w = _input((6, 4, 3, 3)).requires_grad_()
+    with pytest.raises(RuntimeError, match="out="):
+        torch.autograd.grad(mean_abs_sign(w).sum(), w, create_graph=True)
+
+
 def test_fused_maxout_matches_the_relu_formula():
     maxout = Maxout(4).double()
     with torch.no_grad():

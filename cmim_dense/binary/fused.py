@@ -5,10 +5,10 @@ keeps every intermediate; each Function here computes its output with fewer pass
 tensor and saves only what its backward reads. The values are those of the plain formulas
 bit for bit (the standardisation's std, taken as a norm, aside), and the gradients are their
 exact derivatives (``tests/test_fused.py`` checks both against the unfused path). The
-backwards of AdaBin's activation, weight and Maxout write into their own buffers (``out=``),
-so they are not differentiable again: ``create_graph=True`` through them raises. Like
-:mod:`cmim_dense.binary.functions`, each has a plain TorchScript branch (inference only) and
-is one call for FX.
+backwards of AdaBin's activation, weight and Maxout, and of ``mean_abs_sign``, write into
+their own buffers (``out=``), so they are not differentiable again: ``create_graph=True``
+through them raises. Like :mod:`cmim_dense.binary.functions`, each has a plain TorchScript
+branch (inference only) and is one call for FX.
 """
 
 from __future__ import annotations
