@@ -7,7 +7,7 @@ from torch import Tensor
 
 from cmim_dense.binary.base import Binarizer
 from cmim_dense.binary.functions import ede_sign
-from cmim_dense.binary.fused import standardize_per_channel
+from cmim_dense.binary.fused import irnet_weight
 from cmim_dense.binary.registry import BINARIZERS
 
 
@@ -63,9 +63,4 @@ class IRNetBinarizer(EDEScheduledBinarizer):
         return ede_sign(u, self.t, self.k)
 
     def binarize_weight(self, w: Tensor) -> Tensor:
-        dims = list(range(1, w.dim()))
-        w_std = standardize_per_channel(w)
-        # mean(|W_std|) as a 1-norm and the scaling in place: two weight-sized tensors fewer
-        mean_abs = torch.linalg.vector_norm(w_std, 1, dims, keepdim=True) / w_std[0].numel()
-        scale = torch.pow(2.0, torch.round(torch.log2(mean_abs))).detach()
-        return ede_sign(w_std, self.t, self.k).mul_(scale)
+        return irnet_weight(w, self.t, self.k)
