@@ -74,6 +74,22 @@ def test_irnet_weight_forward_libra_pb():
     assert torch.equal(make("irnet").binarize_weight(w), expected)
 
 
+def test_irnet_weight_sign_at_the_mean_and_of_a_constant_channel():
+    # sign(0) = -1, as OpenVINO binarizes. Channel 0: 1, 2, 3, 2, mean 2, unbiased std
+    #   sqrt(2 / 3): W_std = (-1.22, 0, 1.22, 0), mean|W_std| = 0.61, log2 = -0.71 -> scale 0.5;
+    #   the two weights equal to the mean get -0.5.
+    # Channel 1: constant, std clamped, W_std = 0 and mean|W_std| = 0 -> scale 0: -0 throughout
+    #   (-1 * 0), and no gradient.
+    w = torch.tensor([[1.0, 2.0, 3.0, 2.0], [0.5, 0.5, 0.5, 0.5]]).view(2, 1, 2, 2)
+    w.requires_grad_(True)
+    out = make("irnet").binarize_weight(w)
+    expected = torch.tensor([[-0.5, -0.5, 0.5, -0.5], [-0.0, -0.0, -0.0, -0.0]]).view(2, 1, 2, 2)
+    assert torch.equal(out, expected) and torch.equal(out.signbit(), expected.signbit())
+    out.backward(torch.tensor([1.0, -2.0, 0.5, 3.0, 1.0, 2.0, 3.0, 4.0]).view(2, 1, 2, 2))
+    assert torch.isfinite(w.grad).all() and w.grad[0].abs().sum() > 0
+    assert torch.equal(w.grad[1], torch.zeros(1, 2, 2))
+
+
 def test_irnet_weight_standardisation_per_channel():
     # Zero mean and unit std per channel: a per-channel affine map (a_c > 0, any b_c) of W
     # must not change W_B, and the binary weights are balanced around each channel's mean.

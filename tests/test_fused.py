@@ -221,7 +221,7 @@ def test_rprelu_matches_the_module_formula():
 def test_adabin_weight_matches_the_formula_with_a_clamped_channel():
     """AdaBin's weight Function against autograd through the set, the division and EDE's
     smooth surrogate k tanh(t u) (the formula AdaBin runs compiled): values bit for bit,
-    gradients to 1e-9 in float64, a constant channel (variance clamped: no gradient through
+    gradients to 1e-9 in float64, a constant channel (alpha clamped: no gradient through
     alpha) included, checked against its closed form too."""
     torch.manual_seed(7)
     t, k = torch.tensor(1.7, dtype=torch.float64), torch.tensor(1.2, dtype=torch.float64)
@@ -229,20 +229,20 @@ def test_adabin_weight_matches_the_formula_with_a_clamped_channel():
     w[2] = -0.5
 
     def plain(v):
-        beta, alpha, _ = adabin_weight_set(v)
+        beta, alpha = adabin_weight_set(v)
         u = (v - beta) / alpha
         smooth = k * torch.tanh(t * u)
         return alpha * (hard_sign(u) + smooth - smooth.detach()) + beta
 
     for v in (w.float(), w):
-        beta, alpha, _ = adabin_weight_set(v)
+        beta, alpha = adabin_weight_set(v)
         expected = alpha * hard_sign((v - beta) / alpha) + beta
         assert torch.equal(adabin_weight(v, t.to(v.dtype), k.to(v.dtype)), expected)
     _, grads = _grads(lambda v: adabin_weight(v, t, k), w, [])
     _, ref_grads = _grads(plain, w, [])
     torch.testing.assert_close(grads[0], ref_grads[0], rtol=1e-9, atol=1e-9)
     # The constant channel: u = 0, e(0) = k t, and only beta's and the sign's terms are left
-    # (a root of the unclamped variance gave NaN here: 0 * inf in its gradient).
+    # (a root of an unclamped variance gave NaN here: 0 * inf in its gradient).
     torch.manual_seed(2)
     g = torch.randn_like(w)[2]  # the upstream gradient _grads drew
     expected = k * t * g + (g.sum() - k * t * g.sum()) / g.numel()

@@ -48,8 +48,7 @@ class AdaBinBinarizer(EDEScheduledBinarizer):
     @staticmethod
     def weight_set(w: Tensor) -> tuple[Tensor, Tensor]:
         """(beta_w, alpha_w), each (C_out, 1, 1, 1), of a (C_out, C_in, kh, kw) weight."""
-        beta, alpha, _ = adabin_weight_set(w)
-        return beta, alpha
+        return adabin_weight_set(w)
 
     def activation_threshold(self) -> tuple[Optional[Tensor], Optional[Tensor]]:  # noqa: UP045
         return self.beta_a, self.alpha_a

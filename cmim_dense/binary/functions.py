@@ -68,8 +68,14 @@ def ede_grad(grad: Tensor, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
     one kernel, in place; 4 k t scales it last, so a large grad in float16 saturates where the
     derivative is flat to 0, not to inf * 0.
     """
+    return ede_grad_unscaled(grad, x, t).mul_(4 * k * t)
+
+
+def ede_grad_unscaled(grad: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """``grad`` s (1 - s) with s = sigmoid(-2 t |x|): :func:`ede_grad` before its constant
+    4 k t, for a backward that folds the constant into a later pass; one new tensor."""
     s = torch.abs(x).mul_(-2 * t).sigmoid_()
-    return torch.ops.aten.sigmoid_backward.grad_input(grad, s, grad_input=s).mul_(4 * k * t)
+    return torch.ops.aten.sigmoid_backward.grad_input(grad, s, grad_input=s)
 
 
 def training_aware_grad(grad: Tensor, x: Tensor, t: Tensor, k: Tensor) -> Tensor:

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from cmim_dense.binary.functions import approx_sign_grad, ede_grad, ede_sign, hard_sign, ste_grad
+from cmim_dense.binary.functions import (
+    approx_sign_grad,
+    ede_grad_unscaled,
+    ede_sign,
+    hard_sign,
+    ste_grad,
+)
 
 
 class _ShiftedSign(torch.autograd.Function):
@@ -61,8 +67,9 @@ def shifted_sign(x: Tensor, center: Tensor, approx: bool) -> Tensor:
 class _AdaBinActivation(torch.autograd.Function):
     """alpha sign(u) + beta, u = (x - beta) / alpha, with the clipped STE at u.
 
-    Forward and backward write two and three new tensors (one per operator wrote five and
-    seven): a new tensor costs its page faults on every activation.
+    Forward and backward write two new tensors each (one per operator wrote five and seven):
+    a new tensor costs its page faults on every activation. The backward's sums:
+    sum g sign(u) = 2 sum(g 1[u > 0]) - sum g, and sum g 1[|u| > 1] = sum g - sum dL/dx.
     """
 
     @staticmethod
@@ -78,10 +85,11 @@ class _AdaBinActivation(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (u,) = ctx.saved_tensors
         grad_x = ste_grad(grad, u)
-        inside = ste_grad(u, u)  # u 1[|u| <= 1]
-        grad_alpha = hard_sign(u).sub_(inside).mul_(grad).sum()
-        grad_beta = torch.sub(grad, grad_x, out=inside).sum()
-        return grad_x, grad_alpha, grad_beta
+        sum_g = grad.sum()
+        above = torch.ops.aten.threshold_backward(grad, u, 0)  # g 1[u > 0]
+        sum_g_sign = above.sum() * 2 - sum_g
+        sum_g_u_inside = torch.mul(grad_x, u, out=above).sum()
+        return grad_x, sum_g_sign - sum_g_u_inside, sum_g - grad_x.sum()
 
 
 @register_notrace_function
@@ -99,8 +107,8 @@ def adabin_activation(x: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
 class _Maxout(torch.autograd.Function):
     """p_c relu(x) - n_c relu(-x) for (N, C, H, W) x and (C,) slopes p, n; saves x.
 
-    Forward and backward write three and four new tensors (one per operator wrote four and
-    nine): a new tensor costs its page faults on every activation.
+    Forward and backward write three new tensors each (one per operator wrote four and nine):
+    a new tensor costs its page faults on every activation.
     """
 
     @staticmethod
@@ -116,10 +124,9 @@ class _Maxout(torch.autograd.Function):
         # (relu'(0) = 0: no slope at exactly 0), in float kernels only (see hard_sign).
         # Each half's slope gradient multiplies by relu(x) or relu(-x), never by x: an
         # infinite x of the other half would give 0 * inf.
-        grad_above = torch.ops.aten.threshold_backward(grad, x, 0)
-        grad_x = torch.mul(grad_above, slope_pos)
+        grad_x = torch.ops.aten.threshold_backward(grad, x, 0).mul_(slope_pos)
         half = F.relu(x)
-        grad_pos = grad_above.mul_(half).sum((0, 2, 3))
+        grad_pos = half.mul_(grad).sum((0, 2, 3))  # autograd's g relu(x)
         half = torch.neg(x, out=half).relu_()  # relu(-x), in relu(x)'s memory
         grad_below = torch.ops.aten.threshold_backward(grad, half, 0)
         grad_x.addcmul_(grad_below, slope_neg)
@@ -262,9 +269,7 @@ class _IRNetWeight(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         y, std, raw_std, scale, t, k = ctx.saved_tensors
         n = y.shape[1]
-        # ede_grad's passes but its final scaling: g s (1 - s) = g e(y) / (4 k t)
-        s = torch.abs(y).mul_(-2 * t).sigmoid_()
-        core = torch.ops.aten.sigmoid_backward.grad_input(grad.reshape(y.shape), s, grad_input=s)
+        core = ede_grad_unscaled(grad.reshape(y.shape), y, t)  # g e(y) / (4 k t)
         coef = (4 * k * t) * scale / std
         dot = torch.linalg.vecdot(core, y, dim=1).unsqueeze(1)  # sum(g s (1 - s) y)
         through_std = torch.where(raw_std >= 1e-12, dot / (n - 1), 0.0)  # clamp_min's mask
@@ -334,15 +339,24 @@ def rprelu(x: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor) -> Ten
     return _RPReLU.apply(x, shift_in, slope, shift_out)
 
 
-def adabin_weight_set(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _adabin_rows(w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """AdaBin's set per row of a (C_out, ...) weight seen as (C_out, n): beta - W (C_out, n),
+    beta = mean(W), alpha = ||W - beta||_2 / sqrt(n) clamped to at least 1e-8 (a constant
+    channel divides by no 0 and passes alpha no gradient) and the unclamped alpha, each
+    (C_out, 1). The norm is one pass that writes no (W - beta)^2."""
+    flat = w.flatten(1)
+    beta = flat.mean(1, keepdim=True)
+    negated = beta - flat  # see _standardized: -(W - beta), with +0 where W equals beta
+    raw_alpha = torch.linalg.vector_norm(negated, dim=1, keepdim=True) / math.sqrt(flat.shape[1])
+    return negated, beta, raw_alpha.clamp_min(1e-8), raw_alpha
+
+
+def adabin_weight_set(w: Tensor) -> tuple[Tensor, Tensor]:
     """AdaBin's per-output-channel set of a (C_out, ...) weight: beta = mean(W) and
-    alpha = ||W - beta||_2 / sqrt(n), with the variance alpha^2 clamped to at least 1e-16
-    before the root (alpha >= 1e-8, and a constant channel gets no 0 * inf from the root's
-    gradient), and the unclamped variance; each (C_out, 1, ..., 1)."""
-    dims = list(range(1, w.dim()))
-    beta = w.mean(dim=dims, keepdim=True)
-    variance = (w - beta).pow(2).mean(dim=dims, keepdim=True)
-    return beta, variance.clamp_min(1e-16).sqrt(), variance
+    alpha = ||W - beta||_2 / sqrt(n), at least 1e-8; each (C_out, 1, ..., 1)."""
+    _, beta, alpha, _ = _adabin_rows(w)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    return beta.view(shape), alpha.view(shape)
 
 
 class _AdaBinWeight(torch.autograd.Function):
@@ -352,32 +366,36 @@ class _AdaBinWeight(torch.autograd.Function):
     With n weights per channel, upstream g, ge = g e(u) and s = sign(u), since
     d alpha / dW = u / n and d beta / dW = 1 / n:
     dL/dW = ge + (sum g - sum ge) / n + u (sum g s - sum ge u) / n, the last term absent
-    where the variance was clamped. Autograd through the set, the division and the sign kept
-    about ten weight-sized tensors; this keeps u and writes two.
+    where alpha was clamped. Forward and backward run 6 and 12 passes over the weight and
+    keep u: autograd through the set, the division and the sign kept about ten weight-sized
+    tensors. sum g s is 2 sum(g 1[u > 0]) - sum g, and e's constant 4 k t scales the final
+    pass.
     """
 
     @staticmethod
     def forward(ctx, w: Tensor, t: Tensor, k: Tensor) -> Tensor:
-        beta, alpha, variance = adabin_weight_set(w)
-        u = torch.sub(w, beta).div_(alpha)
-        ctx.save_for_backward(u, variance, t, k)
-        return hard_sign(u).mul_(alpha).add_(beta)
+        negated, beta, alpha, raw_alpha = _adabin_rows(w)
+        u = negated.div_(-alpha)  # (W - beta) / alpha, -0 where W equals beta
+        ctx.save_for_backward(u, raw_alpha, t, k)
+        # alpha sign(u) + beta: copysign gives -alpha at u = -0, as hard_sign does at 0
+        return torch.copysign(alpha, u).add_(beta).view_as(w)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        u, variance, t, k = ctx.saved_tensors
-        channels, n = u.shape[0], u[0].numel()
-        # reshape, not view: a channels_last weight gives channels_last u
-        flat_u = u.reshape(channels, n)
-        flat_ge = ede_grad(grad, u, t, k).reshape(channels, n)
-        flat_g = grad.reshape(channels, n)
-        by_beta = (flat_g.sum(1, keepdim=True) - flat_ge.sum(1, keepdim=True)) / n
-        # per-channel dot products: vecdot ran 1.8x faster than bmm on ResNet-18's weights
-        by_alpha = torch.linalg.vecdot(flat_g, hard_sign(flat_u), dim=1)
-        by_alpha = (by_alpha - torch.linalg.vecdot(flat_ge, flat_u, dim=1)).unsqueeze(1)
-        by_alpha = torch.where(variance.view(-1, 1) >= 1e-16, by_alpha / n, 0.0)
-        grad_w = flat_ge.add_(by_beta).addcmul_(flat_u, by_alpha)
-        return grad_w.view(u.shape), None, None
+        u, raw_alpha, t, k = ctx.saved_tensors
+        n = u.shape[1]
+        g = grad.reshape(u.shape)  # reshape, not view: a channels_last weight's gradient
+        core = ede_grad_unscaled(g, u, t)  # g e(u) / (4 k t)
+        scale = 4 * k * t
+        sum_g = g.sum(1, keepdim=True)
+        sum_ge = core.sum(1, keepdim=True) * scale
+        by_beta = (sum_g - sum_ge) / n
+        above = torch.ops.aten.threshold_backward(g, u, 0)  # g 1[u > 0]
+        sum_gs = above.sum(1, keepdim=True) * 2 - sum_g
+        sum_geu = torch.mul(core, u, out=above).sum(1, keepdim=True) * scale
+        by_alpha = torch.where(raw_alpha >= 1e-8, (sum_gs - sum_geu) / n, 0.0)
+        grad_w = torch.addcmul(by_beta, core, scale, out=core).addcmul_(u, by_alpha)
+        return grad_w.view_as(grad), None, None
 
 
 @register_notrace_function
@@ -399,5 +417,5 @@ def adabin_weight(w: Tensor, t: Tensor, k: Tensor) -> Tensor:
 
 def _adabin_weight_value(w: Tensor, t: Tensor, k: Tensor) -> Tensor:
     """alpha sign((W - beta) / alpha) + beta, EDE through the sign, autograd through the rest."""
-    beta, alpha, _ = adabin_weight_set(w)
+    beta, alpha = adabin_weight_set(w)
     return alpha * ede_sign((w - beta) / alpha, t, k) + beta
