@@ -16,8 +16,10 @@ from cmim_dense.binary.functions import (
     training_aware_grad,
 )
 from cmim_dense.binary.fused import (
+    adabin_activation,
     adabin_weight,
     adabin_weight_set,
+    irnet_weight,
     mean_abs_sign,
     standardize_per_channel,
 )
@@ -261,3 +263,38 @@ def test_adabin_weight_backward_takes_a_channels_last_weight():
         (adabin_weight(v, t, k) * upstream).sum().backward()
         grads.append(v.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adabin_activation_scalar_gradients_are_summed_in_float32(dtype):
+    """alpha's and beta's gradients are differences of sums over the whole activation: in
+    bfloat16 or float16 (autocast) each sum is taken in float32, so they stay near the
+    float64 gradients of the same rounded inputs (rounded sums cancelled to -0.0006 against
+    0.15 here)."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 64, 32, 32) * 0.5).to(dtype)
+    upstream = (torch.randn(x.shape) * 1e-3 + 1e-3).to(dtype)
+    grads = {}
+    for name, (v, g) in {"half": (x, upstream), "ref": (x.double(), upstream.double())}.items():
+        alpha = torch.tensor(1.0, dtype=torch.float32 if name == "half" else torch.float64)
+        beta = torch.zeros_like(alpha)
+        alpha.requires_grad_(True), beta.requires_grad_(True)
+        adabin_activation(v, alpha, beta).backward(g)
+        grads[name] = torch.stack([alpha.grad.double(), beta.grad.double()])
+    torch.testing.assert_close(grads["half"], grads["ref"], rtol=1e-2, atol=0)
+
+
+def test_irnet_weight_gradient_stays_finite_in_float16():
+    """4 k t c / std overflows float16 for a small std: it is formed in float32, and the
+    float16 gradient is the float64 one of the same weights, rounded."""
+    torch.manual_seed(0)
+    w = (torch.randn(4, 16, 3, 3) * 3e-4).half()
+    upstream = (torch.randn(w.shape) * 0.1).half()
+    grads = []
+    for dtype in (torch.float16, torch.float64):
+        t, k = torch.tensor(10.0, dtype=dtype), torch.tensor(1.0, dtype=dtype)
+        v = w.to(dtype).clone().requires_grad_(True)
+        irnet_weight(v, t, k).backward(upstream.to(dtype))
+        grads.append(v.grad.double())
+    assert torch.isfinite(grads[0]).all()
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-2 * grads[1].abs().max())

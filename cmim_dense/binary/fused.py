@@ -3,11 +3,12 @@
 Autograd through the plain formulas runs one kernel per operator forward and backward, and
 keeps every intermediate; each Function here computes its output with fewer passes over the
 tensor and saves only what its backward reads. The values are those of the plain formulas
-bit for bit (the standardisation's std, taken as a norm, aside), and the gradients are their
-exact derivatives (``tests/test_fused.py`` checks both against the unfused path). The
-backwards of AdaBin's activation, weight and Maxout, and of ``mean_abs_sign``, write into
-their own buffers (``out=``), so they are not differentiable again: ``create_graph=True``
-through them raises. Like :mod:`cmim_dense.binary.functions`, each has a plain TorchScript
+bit for bit (the standardisation's std and AdaBin's alpha, taken as norms, aside, and the
+subnormal case of :func:`_standardized`), and the gradients are their exact derivatives
+(``tests/test_fused.py`` checks both against the unfused path). The backwards of AdaBin's
+activation, weight and Maxout, of IR-Net's weight and of ``mean_abs_sign`` write into their
+own buffers (``out=``), so they are not differentiable again: ``create_graph=True`` through
+them raises. Like :mod:`cmim_dense.binary.functions`, each has a plain TorchScript
 branch (inference only) and is one call for FX.
 """
 
@@ -85,11 +86,14 @@ class _AdaBinActivation(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (u,) = ctx.saved_tensors
         grad_x = ste_grad(grad, u)
-        sum_g = grad.sum()
+        # sums in at least float32: rounded to bfloat16 or float16 (autocast), the differences
+        # below would cancel
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        sum_g = grad.sum(dtype=acc)
         above = torch.ops.aten.threshold_backward(grad, u, 0)  # g 1[u > 0]
-        sum_g_sign = above.sum() * 2 - sum_g
-        sum_g_u_inside = torch.mul(grad_x, u, out=above).sum()
-        return grad_x, sum_g_sign - sum_g_u_inside, sum_g - grad_x.sum()
+        sum_g_sign = above.sum(dtype=acc) * 2 - sum_g
+        sum_g_u_inside = torch.mul(grad_x, u, out=above).sum(dtype=acc)
+        return grad_x, sum_g_sign - sum_g_u_inside, sum_g - grad_x.sum(dtype=acc)
 
 
 @register_notrace_function
@@ -202,7 +206,9 @@ def _standardized(w: Tensor, inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
     flat = w.flatten(1)
     # (mean - W) / -std: (W - mean) / std exactly (IEEE negation and division are symmetric),
     # but -0 where W equals the mean, where W - mean gives +0: copysign(c, W_std) is then
-    # c hard_sign(W_std), -c at 0 included (see _IRNetWeight)
+    # c hard_sign(W_std), -c at 0 included (see _IRNetWeight). One case stays +0: a quotient
+    # that underflows (|W - mean| under 2^-150 std in float32, so a subnormal difference),
+    # where copysign keeps the sign of W - mean and hard_sign gives -1.
     centred = flat.mean(1, keepdim=True) - flat
     raw_std = torch.linalg.vector_norm(centred, dim=1, keepdim=True) / math.sqrt(flat.shape[1] - 1)
     std = raw_std.clamp_min(1e-12)
@@ -270,10 +276,12 @@ class _IRNetWeight(torch.autograd.Function):
         y, std, raw_std, scale, t, k = ctx.saved_tensors
         n = y.shape[1]
         core = ede_grad_unscaled(grad.reshape(y.shape), y, t)  # g e(y) / (4 k t)
-        coef = (4 * k * t) * scale / std
+        # in at least float32: 4 k t c / std overflows float16 for a small std
+        acc = torch.promote_types(y.dtype, torch.float32)
+        coef = (4 * k * t).to(acc) * scale.to(acc) / std.to(acc)
         dot = torch.linalg.vecdot(core, y, dim=1).unsqueeze(1)  # sum(g s (1 - s) y)
         through_std = torch.where(raw_std >= 1e-12, dot / (n - 1), 0.0)  # clamp_min's mask
-        out = torch.addcmul(core.mean(1, keepdim=True) * -coef, core, coef, out=core)
+        out = torch.addcmul(core.mean(1, keepdim=True, dtype=acc) * -coef, core, coef, out=core)
         return out.addcmul_(y, through_std * coef, value=-1).view_as(grad), None, None
 
 
@@ -393,13 +401,14 @@ class _AdaBinWeight(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         u, raw_alpha, t, k = ctx.saved_tensors
         dims, n = list(range(1, u.dim())), u[0].numel()
+        acc = torch.promote_types(u.dtype, torch.float32)  # the sums' dtype, as in the activation
         core = ede_grad_unscaled(grad, u, t)  # g e(u) / (4 k t)
         scale = 4 * k * t
-        sum_g = grad.sum(dims, keepdim=True)
-        by_beta = (sum_g - core.sum(dims, keepdim=True) * scale) / n
+        sum_g = grad.sum(dims, keepdim=True, dtype=acc)
+        by_beta = (sum_g - core.sum(dims, keepdim=True, dtype=acc) * scale) / n
         above = torch.ops.aten.threshold_backward(grad, u, 0)  # g 1[u > 0]
-        sum_gs = above.sum(dims, keepdim=True) * 2 - sum_g
-        sum_geu = torch.mul(core, u, out=above).sum(dims, keepdim=True) * scale
+        sum_gs = above.sum(dims, keepdim=True, dtype=acc) * 2 - sum_g
+        sum_geu = torch.mul(core, u, out=above).sum(dims, keepdim=True, dtype=acc) * scale
         by_alpha = torch.where(raw_alpha >= 1e-8, (sum_gs - sum_geu) / n, 0.0)
         return torch.addcmul(by_beta, core, scale, out=core).addcmul_(u, by_alpha), None, None
 
