@@ -219,10 +219,8 @@ def _standardized(w: Tensor, inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
 class _Standardize(torch.autograd.Function):
     """(W - mean) / std per output channel, with the backward written out.
 
-    With y = (W - mean) / s over the n weights of a channel and upstream g:
-    dL/dW = (g - mean(g) - y sum(g y) / (n - 1)) / s, the y term absent where s was clamped
-    (the clamp passes no gradient to s). Autograd through mean, std and the division kept
-    four (O, n) tensors and ran seven passes; this runs four.
+    Autograd through mean, std and the division kept four (O, n) tensors and ran seven
+    passes; :func:`_through_standardization` runs four.
     """
 
     @staticmethod
@@ -234,12 +232,31 @@ class _Standardize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         y, std, raw_std = ctx.saved_tensors
-        g = grad.reshape(y.shape)
-        n = y.shape[1]
-        dot = torch.linalg.vecdot(g, y, dim=1).unsqueeze(1)  # sum(g y) per channel
-        coef = torch.where(raw_std >= 1e-12, dot / (n - 1), 0.0)  # clamp_min's own mask
-        out = (g - g.mean(1, keepdim=True)).addcmul_(y, coef, value=-1)
-        return out.div_(std).view_as(grad)
+        return _through_standardization(grad.reshape(y.shape), 1.0, y, std, raw_std).view_as(grad)
+
+
+def _through_standardization(
+    g: Tensor,
+    scale: Tensor | float,
+    y: Tensor,
+    std: Tensor,
+    raw_std: Tensor,
+    out: Tensor | None = None,
+) -> Tensor:
+    """dL/dW of y = (W - mean) / s per row of (O, n) ``y`` (as :func:`_standardized` gives y,
+    s and the unclamped s, (O, 1) each) for the upstream G = g ``scale``, ``scale`` a number
+    or a 0-d or (O, 1) tensor: (G - mean(G) - y sum(G y) / (n - 1)) / s, the y term absent
+    where s was clamped (the clamp passes no gradient to s). ``scale`` / s scales the final
+    two passes, in at least float32 (a large scale over a small s overflows float16); the
+    result goes to ``out`` if given (g's memory, where the caller owns g).
+    """
+    n = y.shape[1]
+    acc = torch.promote_types(y.dtype, torch.float32)
+    coef = scale / std.to(acc)
+    dot = torch.linalg.vecdot(g, y, dim=1).unsqueeze(1)  # sum(g y) per channel
+    through_std = torch.where(raw_std >= 1e-12, dot / (n - 1), 0.0)  # clamp_min's own mask
+    grad_w = torch.addcmul(g.mean(1, keepdim=True, dtype=acc) * -coef, g, coef, out=out)
+    return grad_w.addcmul_(y, through_std * coef, value=-1)
 
 
 @register_notrace_function
@@ -256,9 +273,8 @@ class _IRNetWeight(torch.autograd.Function):
     standardised weight and c = 2^round(log2(mean |y|)) held fixed, with EDE's derivative
     e(y) = k t (1 - tanh(t y)^2) through the sign and the standardisation's backward.
 
-    With n weights per channel, std s and upstream g, G = g e(y) c:
-    dL/dW = (G - mean(G) - y sum(G y) / (n - 1)) / s (the y term absent where s was clamped),
-    as :class:`_Standardize` gives it. The scaled sign is one copysign, and e's constant
+    The gradient through the sign, g e(y) c, goes through the standardisation's backward
+    (:func:`_through_standardization`). The scaled sign is one copysign, and e's constant
     4 k t with c and 1 / s scales the final two passes: forward and backward run 6 and 9
     passes over the weight, where standardisation, EDE sign and scaling as three autograd
     nodes ran 8 and 12 (at 32 px, ResNet-18's weights outweigh its activations).
@@ -274,15 +290,11 @@ class _IRNetWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         y, std, raw_std, scale, t, k = ctx.saved_tensors
-        n = y.shape[1]
         core = ede_grad_unscaled(grad.reshape(y.shape), y, t)  # g e(y) / (4 k t)
-        # in at least float32: 4 k t c / std overflows float16 for a small std
-        acc = torch.promote_types(y.dtype, torch.float32)
-        coef = (4 * k * t).to(acc) * scale.to(acc) / std.to(acc)
-        dot = torch.linalg.vecdot(core, y, dim=1).unsqueeze(1)  # sum(g s (1 - s) y)
-        through_std = torch.where(raw_std >= 1e-12, dot / (n - 1), 0.0)  # clamp_min's mask
-        out = torch.addcmul(core.mean(1, keepdim=True, dtype=acc) * -coef, core, coef, out=core)
-        return out.addcmul_(y, through_std * coef, value=-1).view_as(grad), None, None
+        acc = torch.promote_types(y.dtype, torch.float32)  # 4 k t c overflows float16
+        constant = (4 * k * t).to(acc) * scale.to(acc)
+        grad_w = _through_standardization(core, constant, y, std, raw_std, out=core)
+        return grad_w.view_as(grad), None, None
 
 
 def _power_of_two_mean_abs(y: Tensor) -> Tensor:
@@ -298,9 +310,7 @@ def irnet_weight(w: Tensor, t: Tensor, k: Tensor) -> Tensor:
     """IR-Net's Libra-PB weight of a (C_out, ...) ``w``, same shape:
     sign(W_std) 2^round(log2(mean |W_std|)) per output channel, EDE's (t, k) gradient through
     the sign and the standardisation (the power-of-two scale passes none)."""
-    if torch.jit.is_scripting():  # apart: TorchScript cannot compile is_compiling()
-        return _irnet_weight_value(w, t, k)
-    if torch.compiler.is_compiling():
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():  # script skips the 2nd
         return _irnet_weight_value(w, t, k)
     return _IRNetWeight.apply(w, t, k)
 
@@ -423,9 +433,7 @@ def adabin_weight(w: Tensor, t: Tensor, k: Tensor) -> Tensor:
     and through the written-out backward the compiled 32 px step of AdaBin's ResNet-18 was
     1.5x slower (2.42x against 1.64x the float step).
     """
-    if torch.jit.is_scripting():  # apart: TorchScript cannot compile is_compiling()
-        return _adabin_weight_value(w, t, k)
-    if torch.compiler.is_compiling():
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():  # script skips the 2nd
         return _adabin_weight_value(w, t, k)
     return _AdaBinWeight.apply(w, t, k)
 
