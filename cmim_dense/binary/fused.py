@@ -275,7 +275,7 @@ class _IRNetWeight(torch.autograd.Function):
 
     The gradient through the sign, g e(y) c, goes through the standardisation's backward
     (:func:`_through_standardization`). The scaled sign is one copysign, and e's constant
-    4 k t with c and 1 / s scales the final two passes: forward and backward run 6 and 9
+    4 k t with c and 1 / s scales the final two passes: forward and backward run 7 and 9
     passes over the weight, where standardisation, EDE sign and scaling as three autograd
     nodes ran 8 and 12 (at 32 px, ResNet-18's weights outweigh its activations).
     """
@@ -299,9 +299,10 @@ class _IRNetWeight(torch.autograd.Function):
 
 def _power_of_two_mean_abs(y: Tensor) -> Tensor:
     """2^round(log2(mean |y|)) per output channel of an (O, ...) ``y``: (O, 1, ...). mean |y|
-    is taken as a 1-norm, one pass that writes no |y|."""
+    is |y| summed, not a 1-norm: ``vector_norm(y, 1)`` ran 3x slower than ``abs`` and ``sum``
+    over ResNet-18's weights (torch 2.14, AMD Zen 4), where the 2-norm ran faster than a sum."""
     dims = list(range(1, y.dim()))
-    mean_abs = torch.linalg.vector_norm(y, 1, dims, keepdim=True) / y[0].numel()
+    mean_abs = torch.abs(y).sum(dims, keepdim=True) / y[0].numel()
     return torch.pow(2.0, torch.round(torch.log2(mean_abs)))
 
 

@@ -20,7 +20,8 @@ cmim-dense benchmark deploy --whole [--config CFG] [--size 480 640] [--threads 2
     INT8 heads; ratios, the heads' share and the 5 slowest ops (cmim_dense/bench/deploy_whole.py)
 
 Every comparison is timed interleaved (medians), so machine load hits all variants alike. The
-first line names torch's CPU capability (the instruction set its kernels use).
+first line names torch's CPU capability (the instruction set its kernels use) and how malloc
+treats freed memory (:mod:`cmim_dense.utils.allocator`).
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ def main(argv=None) -> int:
     def job() -> None:
         import torch
 
-        print(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}", flush=True)
+        from cmim_dense.utils.allocator import allocator_note
+
+        capability = torch.backends.cpu.get_cpu_capability()
+        print(f"torch CPU capability: {capability}; {allocator_note()}", flush=True)
         RUNNERS[args.what](args)
 
     return run_tool(job)

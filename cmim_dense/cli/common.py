@@ -1,6 +1,8 @@
 """The contract every command-line tool follows.
 
-- :func:`run_tool` runs a tool's job: :class:`~cmim_dense.utils.errors.InputError` becomes one
+- :func:`run_tool` runs a tool's job, with freed memory kept in the process
+  (:func:`~cmim_dense.utils.allocator.retain_freed_memory`: a step's temporaries are not
+  page-faulted in again every step): :class:`~cmim_dense.utils.errors.InputError` becomes one
   ``error: ...`` line and exit 2, as does an ``OSError`` of the storage or permissions (a full
   disk, a read-only folder: it names the file); Ctrl-C one line and exit 130; anything else
   is a bug and keeps its traceback.
@@ -18,6 +20,7 @@ import errno
 import sys
 from collections.abc import Callable, Sequence
 
+from cmim_dense.utils.allocator import retain_freed_memory
 from cmim_dense.utils.errors import InputError
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
@@ -116,6 +119,7 @@ def _one_line(err: BaseException) -> str:
 
 def run_tool(job: Callable[[], int | None]) -> int:
     """Run a tool's job and return its exit code (see the module doc)."""
+    retain_freed_memory()
     try:
         return job() or 0
     except InputError as err:

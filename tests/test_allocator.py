@@ -1,0 +1,89 @@
+"""utils.allocator: freed blocks stay in glibc's heap instead of going back to the system."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="the thresholds are glibc's",
+)
+
+# Allocates and frees a 64 MiB tensor through torch's CPU allocator (posix_memalign) and reads
+# glibc's own accounting (mallinfo2, glibc >= 2.33): hblkhd = bytes in mmap'ed blocks,
+# arena = bytes of the main heap.
+_PROBE = """
+import ctypes, json, sys
+import torch
+from cmim_dense.cli.common import run_tool
+from cmim_dense.utils.allocator import allocator_note
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+code = run_tool(lambda: 0) if sys.argv[1] == "tool" else None
+before = libc.mallinfo2()
+block = torch.ones(16 << 20)  # 64 MiB of float32, every page touched
+during = libc.mallinfo2()
+del block
+after = libc.mallinfo2()
+print(json.dumps({
+    "code": code,
+    "mmapped": during.hblkhd - before.hblkhd,
+    "heap_kept": after.arena - before.arena,
+    "note": allocator_note(),
+}))
+"""
+
+MIB = 1 << 20
+
+
+def _probe(mode: str, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    clean.pop("LD_PRELOAD", None)
+    clean.pop("GLIBC_TUNABLES", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], env={**clean, **env},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_tool_keeps_a_freed_block_in_the_heap():
+    result = _probe("tool")
+    assert result["code"] == 0
+    assert result["mmapped"] < MIB  # served from the heap, not by mmap
+    assert result["heap_kept"] >= 64 * MIB  # and still there once freed
+    assert result["note"].startswith("malloc: freed memory kept (glibc, mmap threshold 256 MiB")
+
+
+def test_without_it_glibc_maps_and_returns_the_block():
+    # the control: what every training step's large temporaries pay by default
+    result = _probe("plain")
+    assert result["mmapped"] >= 64 * MIB
+    assert result["heap_kept"] < 64 * MIB
+    assert result["note"] == "malloc: the C library's defaults or the environment's settings"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
+        {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
+    ],
+)
+def test_the_users_own_malloc_settings_win(env):
+    result = _probe("tool", **env)
+    assert result["code"] == 0
+    assert result["mmapped"] >= 64 * MIB  # the user's 128 KiB threshold (or glibc's), not ours
+    assert result["note"] == "malloc: the C library's defaults or the environment's settings"
