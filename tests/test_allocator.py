@@ -49,6 +49,7 @@ MIB = 1 << 20
 
 
 def _probe(mode: str, **env: str) -> dict:
+    """Runs _PROBE in a fresh interpreter with no allocator settings but ``env``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     clean.pop("LD_PRELOAD", None)
     clean.pop("GLIBC_TUNABLES", None)
@@ -87,3 +88,32 @@ def test_the_users_own_malloc_settings_win(env):
     assert result["code"] == 0
     assert result["mmapped"] >= 64 * MIB  # the user's 128 KiB threshold (or glibc's), not ours
     assert result["note"] == "malloc: the C library's defaults or the environment's settings"
+
+
+@pytest.fixture
+def plain_malloc_env(monkeypatch):
+    """No allocator settings in the environment that spawned children inherit."""
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+
+def test_a_chain_in_a_fresh_process_keeps_freed_memory_too(plain_malloc_env):
+    # spawned processes start with malloc's defaults: the chains' set-up applies the settings
+    from cmim_dense.pipelines.chain import in_fresh_process
+    from cmim_dense.utils.allocator import allocator_note
+
+    assert in_fresh_process(allocator_note).startswith("malloc: freed memory kept")
+
+
+def test_the_demos_side_by_side_chains_keep_freed_memory(plain_malloc_env):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cmim_dense.pipelines import demo
+    from cmim_dense.utils.allocator import allocator_note
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, context, initializer=demo._chain_worker) as pool:
+        assert pool.submit(allocator_note).result().startswith("malloc: freed memory kept")

@@ -15,6 +15,7 @@ from mmengine.runner import find_latest_checkpoint
 
 from cmim_dense.engine.runs import test, train
 from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics
+from cmim_dense.utils.allocator import retain_freed_memory
 from cmim_dense.utils.errors import InputError
 
 
@@ -46,8 +47,10 @@ def in_fresh_process(job: Callable, *args) -> Any:
     Raises:
         concurrent.futures.process.BrokenProcessPool: the process died (e.g. a signal).
     """
-    # spawn: a forked child would inherit the parent's OpenMP and OpenVINO state
-    with ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as pool:
+    # spawn: a forked child would inherit the parent's OpenMP and OpenVINO state; a spawned
+    # one starts with malloc's defaults, so it takes the tools' allocator settings first
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, context, initializer=retain_freed_memory) as pool:
         return pool.submit(job, *args).result()
 
 

@@ -46,6 +46,7 @@ from cmim_dense.pipelines.chain import (
     run_chain,
     transfer_cfg_options,
 )
+from cmim_dense.utils.allocator import retain_freed_memory
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_json_atomic
 
@@ -159,10 +160,12 @@ def check_work_dir(settings: DemoSettings) -> None:
     write_json_atomic(stamp, settings.run_settings())
 
 
-def _one_thread() -> None:
-    """Worker set-up of a side-by-side chain: one intra-op thread (torch and OpenVINO)."""
+def _chain_worker() -> None:
+    """Worker set-up of a side-by-side chain: the tools' allocator settings (a spawned process
+    starts with malloc's defaults) and one intra-op thread (torch and OpenVINO)."""
     import torch
 
+    retain_freed_memory()
     torch.set_num_threads(1)
 
 
@@ -257,7 +260,7 @@ def run_demo(settings: DemoSettings) -> dict:
         timer.log(f"running the {', '.join(variants)} chains side by side")
         # spawn: a forked child would inherit the parent's OpenMP state
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(len(jobs), context, initializer=_one_thread) as pool:
+        with ProcessPoolExecutor(len(jobs), context, initializer=_chain_worker) as pool:
             stages = timer.run("chains", lambda: list(pool.map(_chain_stages, *zip(*jobs))))
     else:
         stages = [in_fresh_process(_chain_stages, *job) for job in jobs]
