@@ -1,1 +1,2 @@
-"""Generic helpers: atomic file writes, progress bars, the project's input-error type."""
+"""Generic helpers: atomic file writes, progress bars, the project's input-error type, and the
+allocator settings the tools run with."""
