@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cmim_dense.binary.functions import hard_sign, rbnn_sign
+from cmim_dense.binary.functions import channel_mean_abs, hard_sign, rbnn_sign
 from cmim_dense.binary.fused import standardize_per_channel
 from cmim_dense.binary.irnet import EDEScheduledBinarizer
 from cmim_dense.binary.registry import BINARIZERS
@@ -111,7 +111,7 @@ class RBNNBinarizer(EDEScheduledBinarizer):
         """
         if not self._scale_checked:
             with torch.no_grad():
-                fresh = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+                fresh = channel_mean_abs(w)
                 self.scale.copy_(torch.where(self.scale_initialized, self.scale, fresh))
                 self.scale_initialized.fill_(True)
             self._scale_checked = True
