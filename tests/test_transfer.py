@@ -20,20 +20,26 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
 
 from cmim_dense.binary.irnet import ede_schedule
+from cmim_dense.engine.prediction_dump import DensePredictionDumpHook
+from cmim_dense.engine.runs import test as evaluate
 from cmim_dense.engine.runs import train
 from cmim_dense.evaluation.report import read_run_metrics
 from cmim_dense.evaluation.visualize import load_predictions_npz
 from cmim_dense.models.backbones.bin_resnet import BinaryResNet
 from cmim_dense.registry import HOOKS, MODELS
 from cmim_dense.utils.checkpoint import CheckpointError
+from cmim_dense.utils.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -226,6 +232,47 @@ def test_tools_test_writes_metrics_predictions_and_pictures(
     assert sorted(p.stem for p in show_dir.glob("*.png")) == names
     panel = cv2.imread(str(show_dir / f"{names[0]}.png"), cv2.IMREAD_COLOR)
     assert panel.shape == (60, 5 * 80, 3)  # RGB | GT seg | pred seg | GT depth | pred depth
+
+    # The config that run dumped into its work dir lists the dump hook: testing with it again
+    # runs one hook, not two (each test image would be read and saved twice).
+    # (Copied to a new stem: mmengine keeps one logger per config name in a process.)
+    dumped = tmp_path / "evaluate_again.py"
+    shutil.copyfile(run_dir / config.name, dumped)
+    assert "DensePredictionDumpHook" in dumped.read_text()
+    runner, again = evaluate(str(dumped), checkpoint, str(tmp_path / "again"))
+    assert sum(isinstance(h, DensePredictionDumpHook) for h in runner.hooks) == 1
+    assert again["mIoU"] == metrics["mIoU"] and again["rmse"] == metrics["rmse"]
+    assert sorted(p.stem for p in (tmp_path / "again" / "predictions").glob("*.npz")) == names
+
+
+def _dense_sample(img_path: Path) -> SegDataSample:
+    """A 2x3 test sample with both tasks' ground truth and predictions."""
+    sample = SegDataSample(metainfo={"img_path": str(img_path)})
+    sample.gt_sem_seg = PixelData(data=torch.zeros(1, 2, 3, dtype=torch.long))
+    sample.pred_sem_seg = PixelData(data=torch.ones(1, 2, 3, dtype=torch.long))
+    sample.gt_depth_map = PixelData(data=torch.full((1, 2, 3), 2.0))
+    sample.pred_depth_map = PixelData(data=torch.full((1, 2, 3), 2.5))
+    return sample
+
+
+def test_dump_hook_reads_only_the_images_it_saves(tmp_path):
+    """With arrays for the first image only and no pictures, the hook does not read the
+    others: their files are missing here, and reading one would raise."""
+    image = tmp_path / "first.png"
+    cv2.imwrite(str(image), np.zeros((2, 3, 3), np.uint8))
+    hook = DensePredictionDumpHook(num_npz=1, out_dir=str(tmp_path / "npz"))
+    hook.before_test(runner=None)
+    batch = [_dense_sample(image), _dense_sample(tmp_path / "missing.png")]
+    hook.after_test_iter(runner=None, batch_idx=0, outputs=batch)
+    hook.after_test_iter(runner=None, batch_idx=1, outputs=[_dense_sample(tmp_path / "gone.png")])
+    assert [p.name for p in (tmp_path / "npz").iterdir()] == ["first.npz"]
+    arrays = load_predictions_npz(tmp_path / "npz" / "first.npz")
+    assert arrays["rgb"].shape == (2, 3, 3) and (arrays["pred_depth"] == 2.5).all()
+    # with pictures asked for, every image is read: a missing one is a one-line input error
+    hook = DensePredictionDumpHook(num_npz=0, show_dir=str(tmp_path / "show"))
+    hook.before_test(runner=None)
+    with pytest.raises(InputError, match=r"cannot read test image .*missing\.png"):
+        hook.after_test_iter(runner=None, batch_idx=0, outputs=batch)
 
 
 # -- resume -----------------------------------------------------------------------------------

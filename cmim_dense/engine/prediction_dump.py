@@ -42,13 +42,17 @@ class DensePredictionDumpHook(Hook):
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         for sample in outputs or []:
+            save_npz = self._count < self.num_npz
+            self._count += 1
+            if not (save_npz or self.show_dir):
+                continue  # nothing to save: the image is not read again
             name = Path(sample.metainfo["img_path"]).stem
             bgr = cv2.imread(sample.metainfo["img_path"], cv2.IMREAD_COLOR)
             if bgr is None:
                 raise InputError(f"cannot read test image {sample.metainfo['img_path']}")
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             arrays = arrays_from_sample(sample)
-            if self._count < self.num_npz:
+            if save_npz:
                 out_dir = self.out_dir or Path(runner.work_dir) / "predictions"
                 path = Path(out_dir) / f"{name}.npz"
                 save_predictions_npz(path, rgb, name=name, **arrays)
@@ -58,4 +62,3 @@ class DensePredictionDumpHook(Hook):
                 if not ok:
                     raise RuntimeError(f"cannot encode the panel of {name}")
                 write_bytes_atomic(Path(self.show_dir) / f"{name}.png", png.tobytes())
-            self._count += 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint
 
@@ -176,6 +177,17 @@ def _check_finite_metrics(metrics: dict, checkpoint: str) -> None:
         )
 
 
+def _is_dump_hook(hook: Hook | dict) -> bool:
+    """Whether a ``custom_hooks`` entry (a Hook, or its dict with a class or a registry name,
+    scoped or not) is the :class:`DensePredictionDumpHook`."""
+    if isinstance(hook, Hook):
+        return isinstance(hook, DensePredictionDumpHook)
+    kind = hook.get("type")
+    if isinstance(kind, str):
+        return kind.rpartition(".")[2] == DensePredictionDumpHook.__name__
+    return isinstance(kind, type) and issubclass(kind, DensePredictionDumpHook)
+
+
 def test(
     config: str,
     checkpoint: str,
@@ -218,7 +230,9 @@ def test(
     prepare_work_dir(cfg.work_dir)
     if dense:
         hooks = list(cfg.get("custom_hooks", []))
-        hooks.append(dict(type="DensePredictionDumpHook"))
+        # a config that a test run dumped into its work dir already lists the hook
+        if not any(_is_dump_hook(hook) for hook in hooks):
+            hooks.append(dict(type="DensePredictionDumpHook"))
         cfg.custom_hooks = hooks
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
