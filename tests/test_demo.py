@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cmim_dense.pipelines.chain import StageTimer
 from cmim_dense.pipelines.demo import (
@@ -101,6 +102,13 @@ def test_work_dir_refuses_a_run_without_stamp(tmp_path):
 def test_format_summary_states_stage_times_targets_and_verdicts():
     summary = dict(
         seconds=12.0,
+        machine=dict(
+            cpu="AMD EPYC 7B13",
+            cores=2,
+            torch_cpu_capability="AVX2",
+            onednn_max_cpu_isa=None,
+            openvino_binary_convolution="jit_avx2_u1",
+        ),
         report="work/report",
         baselines=dict(mean_depth_rmse=0.9, majority_class_mIoU=5.0),
         stages=[dict(stage="generate 4 frames at 24x32", seconds=3.2)],
@@ -117,7 +125,11 @@ def test_format_summary_states_stage_times_targets_and_verdicts():
         ),
     )
     text = format_summary(summary)
-    assert "generate 4 frames at 24x32" in text and text.splitlines()[1].endswith("      3")
+    assert text.splitlines()[0] == (
+        "machine: AMD EPYC 7B13, 2 cores; torch kernels AVX2; "
+        "OpenVINO BinaryConvolution jit_avx2_u1"
+    )
+    assert "generate 4 frames at 24x32" in text and text.splitlines()[2].endswith("      3")
     assert "RMSE <= 0.540 m" in text  # 0.6 x the mean-depth RMSE
     assert "cmim      top-1  60.0 %  mIoU  51.0 %" in text and "meets the targets" in text
     assert "baseline  top-1  55.0 %  mIoU  49.0 %" in text and "MISSES the targets" in text
@@ -178,6 +190,9 @@ default_hooks = dict(checkpoint=dict(interval=max_iters))
     )
     summary = run_demo(settings)
     assert set(summary["runs"]) == {"cmim", "baseline"}
+    # the machine it ran on, with the kernels' instruction sets (these tests run on x86-64)
+    assert summary["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert summary["machine"]["openvino_binary_convolution"].startswith("jit_")
     for run in summary["runs"].values():
         assert 0 <= run["mIoU"] <= 100 and run["rmse"] > 0 and 0 <= run["top1"] <= 100
     stages = [s["stage"] for s in summary["stages"]]

@@ -9,7 +9,10 @@ input with one line and leave no partial folder.
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +24,18 @@ import torch.nn.functional as F
 from _binary_helpers import METHODS, block_of, trained_like
 from torch import nn
 
+from cmim_dense.bench.machine import binary_convolution_kernel_elsewhere, machine, machine_line
 from cmim_dense.binary import BINARIZERS, Binarizer, BinaryConv2d, hard_sign
 from cmim_dense.deploy.export import export_model
 from cmim_dense.deploy.fold import NotExportableError, fold_binary_conv
 from cmim_dense.deploy.graph import BackboneGraph, binary_conv_integer, packed_bits
-from cmim_dense.deploy.runtime import EXPORT_FORMAT, OpenVINOBackbone, compile_model
+from cmim_dense.deploy.runtime import (
+    EXPORT_FORMAT,
+    OpenVINOBackbone,
+    binary_convolution_kernel,
+    compile_model,
+    kernels,
+)
 from cmim_dense.engine.config import build_model, load_config
 from cmim_dense.engine.export import export_config
 from cmim_dense.models import BinaryResNet, MultiTaskDense
@@ -169,6 +179,59 @@ def test_runtime_compiles_once_per_shape_and_outputs_do_not_alias():
     assert torch.equal(out_a, kept) and not torch.equal(out_a, out_b)
     engine(torch.randn(2, 3, 8, 12))
     assert sorted(engine._compiled) == [(1, 3, 16, 16), (2, 3, 8, 12)]
+
+
+def test_kernels_name_the_binary_convolution_kernel_of_a_backbone():
+    """The one-layer probe finds the kernel a whole backbone's BinaryConvolution nodes run
+    with, and the plugin's float convolutions have kernels of their own."""
+    torch.manual_seed(0)
+    net = BinaryResNet(base_channels=8, stem="cifar").eval()
+    found = kernels(OpenVINOBackbone(BackboneGraph(net).build()).compiled((1, 3, 16, 16)))
+    kernel = binary_convolution_kernel()
+    assert found["BinaryConvolution"] == [kernel]
+    assert kernel.startswith("jit_") and kernel.endswith("_u1")  # u1: bit-packed operands
+    assert "BinaryConvolution" not in kernels(
+        _compile(BackboneGraph(net, binary=False).build(), (1, 3, 16, 16))
+    )
+
+
+def test_machine_line_names_the_kernels_and_a_cap_set_in_the_environment(monkeypatch):
+    assert binary_convolution_kernel_elsewhere() == binary_convolution_kernel()
+    info = machine(probe_here=True)
+    assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["openvino_binary_convolution"] == binary_convolution_kernel()
+    assert info["cores"] >= 1 and info["cpu"]
+    line = machine_line(info)
+    assert line.startswith(f"{info['cpu']}, {info['cores']} cores; torch kernels ")
+    assert line.endswith(f"; OpenVINO BinaryConvolution {binary_convolution_kernel()}")
+    assert "ONEDNN_MAX_CPU_ISA" not in line or info["onednn_max_cpu_isa"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "; ONEDNN_MAX_CPU_ISA=AVX2; " in machine_line(machine(probe_here=True))
+
+
+def test_onednn_isa_cap_leaves_openvinos_binary_convolution_uncapped():
+    """Why an AVX2 ceiling on an AVX-512 machine understates an AVX2-only one (README): under
+    ONEDNN_MAX_CPU_ISA=AVX2 OpenVINO's float convolutions take AVX2 kernels, its
+    BinaryConvolution keeps the AVX-512 one. A fresh interpreter: the cap is read at start."""
+    if binary_convolution_kernel() != "jit_avx512_u1":  # not at collection: no OpenVINO run
+        pytest.skip("needs OpenVINO's AVX-512 binary kernel")
+    script = (
+        "import json, torch\n"
+        "from cmim_dense.deploy.graph import BackboneGraph\n"
+        "from cmim_dense.deploy.runtime import OpenVINOBackbone, kernels\n"
+        "from cmim_dense.models import BinaryResNet\n"
+        "net = BinaryResNet(base_channels=8, stem='cifar').eval()\n"
+        "engine = OpenVINOBackbone(BackboneGraph(net).build(), 1)\n"
+        "print(json.dumps(kernels(engine.compiled((1, 3, 16, 16)))))\n"
+    )
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["BinaryConvolution"] == ["jit_avx512_u1"]
+    assert all("avx512" not in kernel for kernel in found["Convolution"]), found["Convolution"]
+    assert any("avx2" in kernel for kernel in found["Convolution"]), found["Convolution"]
 
 
 # -- export of configs -------------------------------------------------------------------------

@@ -20,8 +20,9 @@ cmim-dense benchmark deploy --whole [--config CFG] [--size 480 640] [--threads 2
     INT8 heads; ratios, the heads' share and the 5 slowest ops (cmim_dense/bench/deploy_whole.py)
 
 Every comparison is timed interleaved (medians), so machine load hits all variants alike. The
-first line names torch's CPU capability (the instruction set its kernels use) and how malloc
-treats freed memory (:mod:`cmim_dense.utils.allocator`).
+first line names the CPU, the instruction sets that torch's and OpenVINO's binary kernels use
+(:mod:`cmim_dense.bench.machine`) and how malloc treats freed memory
+(:mod:`cmim_dense.utils.allocator`).
 """
 
 from __future__ import annotations
@@ -161,12 +162,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def job() -> None:
-        import torch
-
+        from cmim_dense.bench.machine import machine, machine_line
         from cmim_dense.utils.allocator import allocator_note
 
-        capability = torch.backends.cpu.get_cpu_capability()
-        print(f"torch CPU capability: {capability}; {allocator_note()}", flush=True)
+        print(f"{machine_line(machine())}; {allocator_note()}", flush=True)
         RUNNERS[args.what](args)
 
     return run_tool(job)

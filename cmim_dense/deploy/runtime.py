@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+import openvino.opset1 as ops1
+import openvino.opset13 as ops
 import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
-from cmim_dense.deploy.graph import BackboneGraph
+from cmim_dense.deploy.graph import BackboneGraph, packed_bits
 from cmim_dense.registry import BACKBONE_RUNTIMES
 from cmim_dense.utils.errors import InputError
 
@@ -88,6 +90,38 @@ def compile_model(
         **properties,
     )
     return ov.Core().compile_model(model, "CPU", config)
+
+
+def kernels(compiled: ov.CompiledModel) -> dict[str, list[str]]:
+    """Node type -> the CPU plugin's kernels for it in ``compiled``, sorted: its runtime graph's
+    ``primitiveType`` (e.g. ``{"BinaryConvolution": ["jit_avx512_u1"], ...}``), which names
+    the instruction set each node runs with."""
+    found: dict[str, set[str]] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind, kernel = info["layerType"].astype(str), info["primitiveType"].astype(str)
+        found.setdefault(kind, set()).add(kernel)
+    return {kind: sorted(names) for kind, names in sorted(found.items())}
+
+
+@cache
+def binary_convolution_kernel() -> str | None:
+    """The kernel this CPU's OpenVINO plugin runs ``BinaryConvolution`` with (``jit_avx512_u1``,
+    ``jit_avx2_u1``, ...), from a one-layer model; None where it has none (no ``BIN``).
+
+    ``ONEDNN_MAX_CPU_ISA`` does not cap it: under ``ONEDNN_MAX_CPU_ISA=AVX2`` the plugin runs its
+    float convolutions, eltwise and pooling with AVX2 kernels, but BinaryConvolution and
+    FakeQuantize with AVX-512 ones still (openvino 2026.4, AMD Zen 4).
+    """
+    if "BIN" not in _capabilities():
+        return None
+    x = ops.parameter([1, 8, 3, 3], np.float32)  # 8 channels: one byte of bits per tap
+    weights = ops.constant(packed_bits(np.ones((8, 8, 3, 3), bool)))
+    conv = ops1.binary_convolution(
+        x, weights.output(0), [1, 1], [0, 0], [0, 0], [1, 1], "xnor-popcount", -1.0
+    )
+    compiled = compile_model(ov.Model([ops.result(conv)], [x]), num_threads=1)
+    return ", ".join(kernels(compiled)["BinaryConvolution"])
 
 
 @BACKBONE_RUNTIMES.register_module(name="openvino")

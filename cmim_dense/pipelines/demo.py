@@ -29,6 +29,7 @@ from pathlib import Path
 from mmengine.config import Config
 
 from cmim_dense.apis import infer_to_folder
+from cmim_dense.bench.machine import machine, machine_line
 from cmim_dense.deploy.runtime import identity, ir_sha256, read_stamp
 from cmim_dense.engine.analysis import analyze
 from cmim_dense.engine.config import load_config, resolve_config
@@ -284,6 +285,7 @@ def run_demo(settings: DemoSettings) -> dict:
     seg_ref = majority_class_baseline(roots[0], num_classes)
     summary = dict(
         seconds=time.perf_counter() - timer.start,
+        machine=machine(probe_here=True),  # the demo's end: this process trains no more
         report=str(report_dir),
         baselines=dict(mean_depth_rmse=depth_ref["rmse"], majority_class_mIoU=seg_ref["mIoU"]),
         stages=timer.stages,
@@ -319,7 +321,7 @@ def _run_summary(settings: DemoSettings, name: str, mean_depth_rmse: float) -> d
 def format_summary(summary: dict) -> str:
     """The demo's closing table: stage times, then the runs against the targets."""
     ref = summary["baselines"]
-    lines = ["stage times (s):"]
+    lines = [f"machine: {machine_line(summary['machine'])}", "stage times (s):"]
     lines += [f"  {s['stage']:42s} {s['seconds']:7.0f}" for s in summary["stages"]]
     lines += [
         f"demo finished in {summary['seconds']:.0f} s; report: {summary['report']}",
