@@ -58,8 +58,8 @@ def machine(probe_here: bool = False) -> dict[str, str | int | None]:
 
 
 def machine_line(info: dict) -> str:
-    """:func:`machine` in one line, e.g. ``AMD EPYC 9R14 96-Core Processor, 2 cores; torch
-    kernels AVX512; OpenVINO BinaryConvolution jit_avx512_u1``."""
+    """:func:`machine` in one line, e.g. ``AMD EPYC, 2 cores; torch kernels AVX512; OpenVINO
+    BinaryConvolution jit_avx512_u1``."""
     parts = [
         f"{info['cpu']}, {info['cores']} cores",
         f"torch kernels {info['torch_cpu_capability']}",

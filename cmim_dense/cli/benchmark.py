@@ -20,8 +20,8 @@ cmim-dense benchmark deploy --whole [--config CFG] [--size 480 640] [--threads 2
     INT8 heads; ratios, the heads' share and the 5 slowest ops (cmim_dense/bench/deploy_whole.py)
 
 Every comparison is timed interleaved (medians), so machine load hits all variants alike. The
-first line names the CPU, the instruction sets that torch's and OpenVINO's binary kernels use
-(:mod:`cmim_dense.bench.machine`) and how malloc treats freed memory
+first line names the CPU, the instruction sets of torch's kernels and of OpenVINO's binary
+convolution (:mod:`cmim_dense.bench.machine`) and how malloc treats freed memory
 (:mod:`cmim_dense.utils.allocator`).
 """
 
