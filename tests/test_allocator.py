@@ -114,8 +114,8 @@ def plain_malloc_env(monkeypatch):
 
 def test_a_chain_in_a_fresh_process_keeps_freed_memory_too(plain_malloc_env):
     # spawned processes start with malloc's defaults: the chains' set-up applies the settings
-    from cmim_dense.pipelines.chain import in_fresh_process
     from cmim_dense.utils.allocator import allocator_note
+    from cmim_dense.utils.processes import in_fresh_process
 
     assert in_fresh_process(allocator_note).startswith("malloc: freed memory kept")
 

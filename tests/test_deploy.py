@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from _binary_helpers import METHODS, block_of, trained_like
 from torch import nn
 
-from cmim_dense.bench.machine import binary_convolution_kernel_elsewhere, machine, machine_line
+from cmim_dense.bench.machine import machine, machine_line
 from cmim_dense.binary import BINARIZERS, Binarizer, BinaryConv2d, hard_sign
 from cmim_dense.deploy.export import export_model
 from cmim_dense.deploy.fold import NotExportableError, fold_binary_conv
@@ -184,10 +184,12 @@ def test_runtime_compiles_once_per_shape_and_outputs_do_not_alias():
 def test_kernels_name_the_binary_convolution_kernel_of_a_backbone():
     """The one-layer probe finds the kernel a whole backbone's BinaryConvolution nodes run
     with, and the plugin's float convolutions have kernels of their own."""
+    kernel = binary_convolution_kernel()
+    if kernel is None:
+        pytest.skip("this CPU's OpenVINO plugin has no BinaryConvolution")
     torch.manual_seed(0)
     net = BinaryResNet(base_channels=8, stem="cifar").eval()
     found = kernels(OpenVINOBackbone(BackboneGraph(net).build()).compiled((1, 3, 16, 16)))
-    kernel = binary_convolution_kernel()
     assert found["BinaryConvolution"] == [kernel]
     assert kernel.startswith("jit_") and kernel.endswith("_u1")  # u1: bit-packed operands
     assert "BinaryConvolution" not in kernels(
@@ -196,23 +198,28 @@ def test_kernels_name_the_binary_convolution_kernel_of_a_backbone():
 
 
 def test_machine_line_names_the_kernels_and_a_cap_set_in_the_environment(monkeypatch):
-    assert binary_convolution_kernel_elsewhere() == binary_convolution_kernel()
-    info = machine(probe_here=True)
-    assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert info["openvino_binary_convolution"] == binary_convolution_kernel()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    info = machine()  # the probe in a fresh process
+    assert info == machine(probe_here=True)
+    kernel, capability = binary_convolution_kernel(), torch.backends.cpu.get_cpu_capability()
+    assert info["openvino_binary_convolution"] == kernel and info["onednn_max_cpu_isa"] is None
     assert info["cores"] >= 1 and info["cpu"]
-    line = machine_line(info)
-    assert line.startswith(f"{info['cpu']}, {info['cores']} cores; torch kernels ")
-    assert line.endswith(f"; OpenVINO BinaryConvolution {binary_convolution_kernel()}")
-    assert "ONEDNN_MAX_CPU_ISA" not in line or info["onednn_max_cpu_isa"]
+    assert machine_line(info) == (
+        f"{info['cpu']}, {info['cores']} cores; torch kernels {capability}; "
+        f"OpenVINO BinaryConvolution {kernel}"
+    )
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert "; ONEDNN_MAX_CPU_ISA=AVX2; " in machine_line(machine(probe_here=True))
+    assert f"{capability}; ONEDNN_MAX_CPU_ISA=AVX2; OpenVINO" in machine_line(machine(True))
+    assert machine_line(dict(info, openvino_binary_convolution=None)).endswith(
+        "; OpenVINO BinaryConvolution none"
+    )
 
 
 def test_onednn_isa_cap_leaves_openvinos_binary_convolution_uncapped():
     """Why an AVX2 ceiling on an AVX-512 machine understates an AVX2-only one (README): under
     ONEDNN_MAX_CPU_ISA=AVX2 OpenVINO's float convolutions take AVX2 kernels, its
-    BinaryConvolution keeps the AVX-512 one. A fresh interpreter: the cap is read at start."""
+    BinaryConvolution and FakeQuantize keep AVX-512 ones. A fresh interpreter: the cap is read
+    at start."""
     if binary_convolution_kernel() != "jit_avx512_u1":  # not at collection: no OpenVINO run
         pytest.skip("needs OpenVINO's AVX-512 binary kernel")
     script = (
@@ -230,6 +237,7 @@ def test_onednn_isa_cap_leaves_openvinos_binary_convolution_uncapped():
     )
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["BinaryConvolution"] == ["jit_avx512_u1"]
+    assert found["FakeQuantize"] == ["jit_avx512_f32"]  # the binarization of their inputs
     assert all("avx512" not in kernel for kernel in found["Convolution"]), found["Convolution"]
     assert any("avx2" in kernel for kernel in found["Convolution"]), found["Convolution"]
 

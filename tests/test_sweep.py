@@ -195,7 +195,7 @@ def test_chain_sweep_sets_both_grid_in_both_stages_and_pairs_per_group(tmp_path,
 def test_a_chain_run_goes_to_a_fresh_process():
     """What the sweep runs each chain run with: another process, spawned (no state of this
     one, such as OpenVINO's), whose result comes back."""
-    from cmim_dense.pipelines.chain import in_fresh_process
+    from cmim_dense.utils.processes import in_fresh_process
 
     assert in_fresh_process(os.getpid) != os.getpid()
     assert in_fresh_process(sorted, [3, 1, 2]) == [1, 2, 3]

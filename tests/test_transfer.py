@@ -32,8 +32,8 @@ from mmseg.structures import SegDataSample
 
 from cmim_dense.binary.irnet import ede_schedule
 from cmim_dense.engine.prediction_dump import DensePredictionDumpHook
+from cmim_dense.engine.runs import _is_dump_hook, train
 from cmim_dense.engine.runs import test as evaluate
-from cmim_dense.engine.runs import train
 from cmim_dense.evaluation.report import read_run_metrics
 from cmim_dense.evaluation.visualize import load_predictions_npz
 from cmim_dense.models.backbones.bin_resnet import BinaryResNet
@@ -253,6 +253,23 @@ def _dense_sample(img_path: Path) -> SegDataSample:
     sample.gt_depth_map = PixelData(data=torch.full((1, 2, 3), 2.0))
     sample.pred_depth_map = PixelData(data=torch.full((1, 2, 3), 2.5))
     return sample
+
+
+@pytest.mark.parametrize(
+    "entry,is_dump",
+    [
+        (dict(type="DensePredictionDumpHook"), True),
+        (dict(type="cmim_dense.DensePredictionDumpHook", num_npz=2), True),
+        (dict(type=DensePredictionDumpHook), True),
+        (DensePredictionDumpHook(), True),
+        (dict(type="BinarizerProgressHook"), False),
+        (dict(type=Hook), False),
+        (Hook(), False),
+        ("DensePredictionDumpHook", False),  # not an entry mmengine accepts: left to it
+    ],
+)
+def test_a_listed_dump_hook_is_recognised_in_every_form(entry, is_dump):
+    assert _is_dump_hook(entry) is is_dump
 
 
 def test_dump_hook_reads_only_the_images_it_saves(tmp_path):

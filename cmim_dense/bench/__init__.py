@@ -1,1 +1,2 @@
-"""Offline measurement, apart from the runtime: step-time benchmarks and the GPU check."""
+"""Offline measurement, apart from the runtime: step-time benchmarks, the GPU check, and the
+machine a timing ran on (:mod:`.machine`)."""

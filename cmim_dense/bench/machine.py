@@ -8,15 +8,14 @@ variable does not cap, as the plugin compiled it.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import platform
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from cmim_dense.deploy.runtime import binary_convolution_kernel
+from cmim_dense.utils.processes import in_fresh_process
 
 
 def cpu_name() -> str:
@@ -30,30 +29,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def binary_convolution_kernel_elsewhere() -> str | None:
-    """:func:`~cmim_dense.deploy.runtime.binary_convolution_kernel` in a spawned interpreter,
-    which inherits the environment and so any ISA cap. Compiling an OpenVINO model here would
-    make this a process that ran OpenVINO, and such processes running torch training have died
-    of SIGSEGV (README, Tests)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(binary_convolution_kernel).result()
-
-
 def machine(probe_here: bool = False) -> dict[str, str | int | None]:
-    """``cpu`` name, usable ``cores``, ``torch_cpu_capability``, ``onednn_max_cpu_isa`` (the
-    environment's, None if unset) and ``openvino_binary_convolution`` (None: no such kernel).
+    """``cpu`` name, ``cores`` (the logical CPUs this process may run on: its affinity on
+    Linux, which a cgroup quota does not narrow; else all of them), ``torch_cpu_capability``,
+    ``onednn_max_cpu_isa`` (the environment's, None if unset) and
+    ``openvino_binary_convolution`` (None: the plugin has no such kernel).
 
-    ``probe_here``: compile the OpenVINO probe in this process (for a process that has run
-    OpenVINO already and trains nothing after); else in a spawned one (about 4 s).
+    ``probe_here``: compile OpenVINO's probe in this process, for a process that has run
+    OpenVINO already and trains nothing after; else in a fresh one (about 4 s;
+    :func:`~cmim_dense.utils.processes.in_fresh_process`, whose process dying raises).
     """
     affinity = getattr(os, "sched_getaffinity", None)
-    probe = binary_convolution_kernel if probe_here else binary_convolution_kernel_elsewhere
     return dict(
         cpu=cpu_name(),
         cores=len(affinity(0)) if affinity else os.cpu_count(),
         torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
         onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA"),
-        openvino_binary_convolution=probe(),
+        openvino_binary_convolution=(
+            binary_convolution_kernel()
+            if probe_here
+            else in_fresh_process(binary_convolution_kernel)
+        ),
     )
 
 

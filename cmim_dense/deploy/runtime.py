@@ -94,8 +94,9 @@ def compile_model(
 
 def kernels(compiled: ov.CompiledModel) -> dict[str, list[str]]:
     """Node type -> the CPU plugin's kernels for it in ``compiled``, sorted: its runtime graph's
-    ``primitiveType`` (e.g. ``{"BinaryConvolution": ["jit_avx512_u1"], ...}``), which names
-    the instruction set each node runs with."""
+    ``primitiveType`` (e.g. ``{"BinaryConvolution": ["jit_avx512_u1"], ...}``). A compute
+    node's kernel names its instruction set (``jit_avx2_f32``, ``brgconv_avx512_f32``);
+    inputs, constants and some reorders have none (``unknown_f32``, ``ref_any_u1``)."""
     found: dict[str, set[str]] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
@@ -106,8 +107,9 @@ def kernels(compiled: ov.CompiledModel) -> dict[str, list[str]]:
 
 @cache
 def binary_convolution_kernel() -> str | None:
-    """The kernel this CPU's OpenVINO plugin runs ``BinaryConvolution`` with (``jit_avx512_u1``,
-    ``jit_avx2_u1``, ...), from a one-layer model; None where it has none (no ``BIN``).
+    """The kernel(s) this CPU's OpenVINO plugin runs ``BinaryConvolution`` with
+    (``jit_avx512_u1``, ``jit_avx2_u1``, ...; comma-joined if several), from a one-layer model;
+    None where it has none (no ``BIN``).
 
     ``ONEDNN_MAX_CPU_ISA`` does not cap it: under ``ONEDNN_MAX_CPU_ISA=AVX2`` the plugin runs its
     float convolutions, eltwise and pooling with AVX2 kernels, but BinaryConvolution and

@@ -25,8 +25,9 @@ class DensePredictionDumpHook(Hook):
         out_dir: where the npz files go; default ``<work_dir>/predictions``. ``tools/test.py``
             points both folders at its staged outputs (:mod:`cmim_dense.engine.test_outputs`).
 
-    The RGB is read again from ``img_path`` at its original size, which is the size
-    predictions are returned at.
+    For an image it saves arrays or a picture for, the RGB is read again from ``img_path`` at
+    its original size, which is the size predictions are returned at; other images are not
+    read.
     """
 
     priority = "LOW"

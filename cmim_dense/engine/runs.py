@@ -177,11 +177,13 @@ def _check_finite_metrics(metrics: dict, checkpoint: str) -> None:
         )
 
 
-def _is_dump_hook(hook: Hook | dict) -> bool:
+def _is_dump_hook(hook: object) -> bool:
     """Whether a ``custom_hooks`` entry (a Hook, or its dict with a class or a registry name,
     scoped or not) is the :class:`DensePredictionDumpHook`."""
     if isinstance(hook, Hook):
         return isinstance(hook, DensePredictionDumpHook)
+    if not isinstance(hook, dict):
+        return False  # mmengine's Runner refuses it, with its own message
     kind = hook.get("type")
     if isinstance(kind, str):
         return kind.rpartition(".")[2] == DensePredictionDumpHook.__name__

@@ -3,10 +3,8 @@ dense tasks, evaluate that. Each run is skipped when already evaluated and resum
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,6 @@ from mmengine.runner import find_latest_checkpoint
 
 from cmim_dense.engine.runs import test, train
 from cmim_dense.evaluation.report import METRICS_FILE, read_run_metrics
-from cmim_dense.utils.allocator import retain_freed_memory
 from cmim_dense.utils.errors import InputError
 
 
@@ -36,22 +33,6 @@ class StageTimer:
         result = job(*args, **kwargs)
         self.stages.append(dict(stage=stage, seconds=time.perf_counter() - begin))
         return result
-
-
-def in_fresh_process(job: Callable, *args) -> Any:
-    """``job(*args)`` in a freshly spawned process (``job`` and ``args`` picklable); returns its
-    result. Processes that ran torch training and OpenVINO have died of SIGSEGV, at data-loader
-    and stage boundaries (cause not found; README, Tests): a job in a process of its own takes
-    only itself down, and leaves no OpenVINO state in the caller.
-
-    Raises:
-        concurrent.futures.process.BrokenProcessPool: the process died (e.g. a signal).
-    """
-    # spawn: a forked child would inherit the parent's OpenMP and OpenVINO state; a spawned
-    # one starts with malloc's defaults, so it takes the tools' allocator settings first
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, context, initializer=retain_freed_memory) as pool:
-        return pool.submit(job, *args).result()
 
 
 def data_options(root: Path, splits: tuple[str, ...]) -> dict:

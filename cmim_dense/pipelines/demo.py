@@ -42,7 +42,6 @@ from cmim_dense.nyud_io.synth import generate_synth_nyud
 from cmim_dense.pipelines.chain import (
     StageTimer,
     data_options,
-    in_fresh_process,
     last_checkpoint,
     run_chain,
     transfer_cfg_options,
@@ -50,6 +49,7 @@ from cmim_dense.pipelines.chain import (
 from cmim_dense.utils.allocator import retain_freed_memory
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import write_json_atomic
+from cmim_dense.utils.processes import in_fresh_process
 
 MIOU_TARGET = 50.0
 RMSE_FRACTION_TARGET = 0.6

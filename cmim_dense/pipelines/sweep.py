@@ -42,7 +42,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cmim_dense.engine.config import load_config, parse_cfg_options
-from cmim_dense.pipelines.chain import StageTimer, in_fresh_process, run_chain, train_and_test
+from cmim_dense.pipelines.chain import StageTimer, run_chain, train_and_test
 from cmim_dense.utils.errors import InputError
 from cmim_dense.utils.io import (
     save_figure_atomic,
@@ -50,6 +50,7 @@ from cmim_dense.utils.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from cmim_dense.utils.processes import in_fresh_process
 
 # Metrics per kind of run, and whether higher is better.
 HIGHER_IS_BETTER = {"top1": True, "mIoU": True, "rmse": False, "neg_log_rmse": True}
@@ -103,7 +104,7 @@ class SweepSpec:
         roots: (NYUD tree, crops ImageFolder) of a chain sweep.
         reference: the setting the others are compared with (default: the first).
         fresh_process_per_run: run each chain run in a freshly spawned process
-            (:func:`~cmim_dense.pipelines.chain.in_fresh_process`); False runs it in this
+            (:func:`~cmim_dense.utils.processes.in_fresh_process`); False runs it in this
             process, e.g. under a debugger.
     """
 
