@@ -1,2 +1,2 @@
-"""Generic helpers: atomic file writes, progress bars, the project's input-error type, and the
-allocator settings the tools run with."""
+"""Generic helpers: atomic file writes, progress bars, the project's input-error type, the
+allocator settings the tools run with, and jobs in a fresh process."""
